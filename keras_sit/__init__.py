@@ -1,0 +1,27 @@
+"""keras_sit: Scalable Interpolant Transformers for Keras 3 (JAX, TensorFlow, PyTorch)."""
+
+from keras_sit.backbone import SiTBackbone
+from keras_sit.functions import (
+    cosine_interpolant,
+    cosine_velocity,
+    linear_interpolant,
+    linear_velocity,
+    output_size,
+    sample_interpolant_time,
+    sit_loss,
+)
+from keras_sit.layers import (
+    MLP,
+    Attention,
+    FinalLayer,
+    LabelEmbedding,
+    PatchEmbedding,
+    SiTBlock,
+    TimestepEmbedding,
+    Unpatchify,
+)
+from keras_sit.model import SiT
+from keras_sit.paths import CosinePath, LinearPath, Path, get_path
+from keras_sit import samplers
+
+__version__ = "0.1.0"

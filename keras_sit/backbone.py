@@ -1,0 +1,232 @@
+"""`SiTBackbone`: the SiT network as a functional Keras model.
+
+Maps `{"x_t": [B, H, W, C] or [B, D], "t": [B], "labels": [B]}` to a
+prediction of the same shape as `x_t` (`"labels"` only when `num_classes` is
+set). Same maths and weight layout as the official SiT; see the README.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_sit.functions import output_size
+from keras_sit.layers import FinalLayer, LabelEmbedding, PatchEmbedding, SiTBlock, TimestepEmbedding, Unpatchify
+
+
+def _check_positive_int(name, value, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be a positive int; got {value!r} of type {type(value).__name__}.")
+    if value <= 0:
+        raise ValueError(f"`{name}` must be a positive int; got {value}.")
+
+
+def validate_architecture(
+    input_shape, input_dim, patch_size, hidden_size, depth, num_heads, mlp_ratio, num_classes, class_dropout_prob, num_steps
+):
+    """Check the constructor arguments; return the data shape `(H, W, C)` or `(D,)`."""
+    if (input_shape is None) == (input_dim is None):
+        raise ValueError(
+            "Give exactly one of `input_shape` (H, W, C) for images and `input_dim` (int) for vectors; "
+            f"got input_shape={input_shape!r}, input_dim={input_dim!r}."
+        )
+    for name, value in [("patch_size", patch_size), ("hidden_size", hidden_size), ("depth", depth), ("num_heads", num_heads)]:
+        _check_positive_int(name, value)
+    _check_positive_int("num_classes", num_classes, allow_none=True)
+    if input_dim is not None:
+        _check_positive_int("input_dim", input_dim)
+        if input_dim % patch_size:
+            raise ValueError(f"`input_dim` ({input_dim}) must be divisible by `patch_size` ({patch_size}).")
+        if hidden_size % 2:
+            raise ValueError(f"`hidden_size` must be even for vector inputs (1-D sin-cos table); got {hidden_size}.")
+        data_shape = (int(input_dim),)
+    else:
+        if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3:
+            raise ValueError(f"`input_shape` must be (height, width, channels); got {input_shape!r}.")
+        for name, value in zip(("height", "width", "channels"), input_shape):
+            _check_positive_int(f"input_shape {name}", value)
+        height, width, _ = input_shape
+        if height % patch_size or width % patch_size:
+            raise ValueError(
+                f"`input_shape` height and width ({height}, {width}) must be divisible by `patch_size` ({patch_size})."
+            )
+        if hidden_size % 4:
+            raise ValueError(f"`hidden_size` must be divisible by 4 for images (2-D sin-cos table); got {hidden_size}.")
+        data_shape = tuple(int(v) for v in input_shape)
+    if hidden_size % num_heads:
+        raise ValueError(f"`hidden_size` ({hidden_size}) must be divisible by `num_heads` ({num_heads}).")
+    if not mlp_ratio > 0:
+        raise ValueError(f"`mlp_ratio` must be positive; got {mlp_ratio!r}.")
+    if not 0.0 <= class_dropout_prob < 1.0:
+        raise ValueError(f"`class_dropout_prob` must be in [0, 1); got {class_dropout_prob!r}.")
+    if not num_steps > 0:
+        raise ValueError(f"`num_steps` (the time-embedding scale) must be positive; got {num_steps!r}.")
+    return data_shape
+
+
+@keras.saving.register_keras_serializable(package="keras_sit")
+class SiTBackbone(keras.Model):
+    """The SiT transformer (DiT backbone with continuous time).
+
+    Args:
+        input_shape: `(H, W, C)` of channels-last images; H and W divisible by
+            `patch_size`, need not be equal.
+        input_dim: length `D` of flat vectors instead of images. A vector
+            becomes `D / patch_size` tokens of `patch_size` consecutive values
+            with a 1-D sin-cos position table.
+        patch_size, hidden_size, depth, num_heads, mlp_ratio: transformer size.
+        num_classes: number of classes, or None for an unconditional model.
+        class_dropout_prob: > 0 adds the null class (row `num_classes`) used by
+            classifier-free guidance; the dropping itself happens in `SiT`.
+        learn_sigma: emit `2C` channels and discard the second half (upstream).
+        num_steps: the time embedding sees `t * num_steps`; 1 is the official
+            embedding of raw `t`.
+        seed: seed of `initialize_weights`; the same seed gives the same
+            weights on every backend.
+    """
+
+    def __init__(
+        self,
+        input_shape=None,
+        input_dim=None,
+        patch_size=2,
+        hidden_size=256,
+        depth=6,
+        num_heads=4,
+        mlp_ratio=4.0,
+        num_classes=None,
+        class_dropout_prob=0.1,
+        learn_sigma=False,
+        num_steps=1000,
+        seed=None,
+        dtype=None,
+        **kwargs,
+    ):
+        data_shape = validate_architecture(
+            input_shape, input_dim, patch_size, hidden_size, depth, num_heads, mlp_ratio,
+            num_classes, class_dropout_prob, num_steps,
+        )
+        # === Layers === (attributes only after `super().__init__`, which torch requires)
+        patch_embedding = PatchEmbedding(patch_size, hidden_size, dtype=dtype, name="x_embedder")
+        time_embedding = TimestepEmbedding(hidden_size, time_scale=float(num_steps), dtype=dtype, name="t_embedder")
+        label_embedding = None
+        if num_classes is not None:
+            label_embedding = LabelEmbedding(
+                num_classes, hidden_size, use_null_class=class_dropout_prob > 0, dtype=dtype, name="y_embedder"
+            )
+        blocks = [SiTBlock(hidden_size, num_heads, mlp_ratio, dtype=dtype, name=f"blocks_{i}") for i in range(depth)]
+        per_token = output_size(input_shape, input_dim, patch_size, learn_sigma)
+        final_layer = FinalLayer(hidden_size, per_token, dtype=dtype, name="final_layer")
+        unpatchify = Unpatchify(patch_size, data_shape, learn_sigma, dtype=dtype, name="unpatchify")
+
+        # === Functional model ===
+        inputs = {"x_t": keras.Input(shape=data_shape, name="x_t"), "t": keras.Input(shape=(), name="t")}
+        tokens = patch_embedding(inputs["x_t"])
+        c = time_embedding(inputs["t"])
+        if label_embedding is not None:
+            inputs["labels"] = keras.Input(shape=(), dtype="int32", name="labels")
+            c = ops.add(c, label_embedding(inputs["labels"]))
+        for block in blocks:
+            tokens = block(tokens, c)
+        outputs = unpatchify(final_layer(tokens, c))
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
+
+        self.patch_embedding = patch_embedding
+        self.time_embedding = time_embedding
+        self.label_embedding = label_embedding
+        self.blocks = blocks
+        self.final_layer = final_layer
+        self.unpatchify = unpatchify
+
+        # === Config ===
+        self.data_shape = data_shape
+        self.input_shape_arg = None if input_shape is None else tuple(input_shape)
+        self.input_dim = input_dim
+        self.patch_size = patch_size
+        self.hidden_size = hidden_size
+        self.depth = depth
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.num_classes = num_classes
+        self.class_dropout_prob = class_dropout_prob
+        self.learn_sigma = learn_sigma
+        self.num_steps = num_steps
+        self.seed = seed
+        self.initialize_weights(seed)
+
+    @property
+    def null_class(self):
+        """Label index of the null (unconditional) class, or None if there is none."""
+        if self.label_embedding is None or not self.label_embedding.use_null_class:
+            return None
+        return self.num_classes
+
+    def initialize_weights(self, seed=None):
+        """Set every weight as the official `initialize_weights` does.
+
+        Xavier-uniform kernels and zero biases for every projection (the fused
+        `qkv` as one matrix, the patch projection on the flattened patch),
+        N(0, 0.02) for the label table and the time MLP, zeros for all adaLN
+        projections and the final linear layer: a fresh network outputs 0.
+        Values come from NumPy, so a seed gives the same weights on every
+        backend. The position table is fixed and left alone.
+        """
+        rng = np.random.default_rng(seed)
+
+        def assign(variable, values):
+            variable.assign(values.astype("float32"))
+
+        def xavier(dense):
+            fan_in, fan_out = dense.kernel.shape
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            assign(dense.kernel, rng.uniform(-limit, limit, size=dense.kernel.shape))
+            assign(dense.bias, np.zeros(dense.bias.shape))
+
+        def normal(variable):
+            assign(variable, rng.normal(0.0, 0.02, size=variable.shape))
+
+        def zero(dense):
+            assign(dense.kernel, np.zeros(dense.kernel.shape))
+            assign(dense.bias, np.zeros(dense.bias.shape))
+
+        xavier(self.patch_embedding.projection)
+        for block in self.blocks:
+            for dense in (block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2):
+                xavier(dense)
+            zero(block.adaLN_modulation)
+        if self.label_embedding is not None:
+            normal(self.label_embedding.embedding.embeddings)
+        for dense in (self.time_embedding.dense_in, self.time_embedding.dense_out):
+            normal(dense.kernel)
+            assign(dense.bias, np.zeros(dense.bias.shape))
+        zero(self.final_layer.adaLN_modulation)
+        zero(self.final_layer.linear)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "input_shape": None if self.input_shape_arg is None else list(self.input_shape_arg),
+            "input_dim": self.input_dim,
+            "patch_size": self.patch_size,
+            "hidden_size": self.hidden_size,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "num_classes": self.num_classes,
+            "class_dropout_prob": self.class_dropout_prob,
+            "learn_sigma": self.learn_sigma,
+            "num_steps": self.num_steps,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)

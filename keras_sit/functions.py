@@ -1,0 +1,66 @@
+"""The seed's functional API, one function each, with the seed's names.
+
+These are thin, documented entry points to the formulas that the model itself
+uses: `SiT`'s training step calls `sample_interpolant_time`, the path's
+`interpolate`/`velocity` (which `linear_*`/`cosine_*` below also call) and
+`sit_loss`, so each formula lives in exactly one place.
+"""
+
+from keras import ops
+import keras
+
+from keras_sit.paths import CosinePath, LinearPath
+
+_LINEAR = LinearPath()
+_COSINE = CosinePath()
+
+
+def linear_interpolant(x, noise, t):
+    """`(1 - t) x + t noise`; `t` has shape `[B]`."""
+    return _LINEAR.interpolate(x, noise, t)
+
+
+def linear_velocity(x, noise):
+    """Velocity of the linear path, `noise - x` (independent of `t`)."""
+    return _LINEAR.velocity(x, noise, ops.zeros((ops.shape(x)[0],), dtype=x.dtype))
+
+
+def cosine_interpolant(x, noise, t):
+    """`cos(pi t / 2) x + sin(pi t / 2) noise`; `t` has shape `[B]`."""
+    return _COSINE.interpolate(x, noise, t)
+
+
+def cosine_velocity(x, noise, t):
+    """`-(pi/2) sin(pi t / 2) x + (pi/2) cos(pi t / 2) noise`."""
+    return _COSINE.velocity(x, noise, t)
+
+
+def sample_interpolant_time(batch_size, seed=None, dtype="float32"):
+    """One `t ~ U(0, 1)` per example, shape `[batch_size]`.
+
+    `seed` is an int, a `keras.random.SeedGenerator` (use one under `jit`, so
+    every step draws fresh values) or None.
+    """
+    return keras.random.uniform((batch_size,), minval=0.0, maxval=1.0, dtype=dtype, seed=seed)
+
+
+def sit_loss(pred_velocity, target_velocity):
+    """Mean squared error over every value, computed in float32.
+
+    The same as the official per-example `mean_flat` followed by the batch
+    mean, since every example has the same size.
+    """
+    error = ops.subtract(ops.cast(pred_velocity, "float32"), ops.cast(target_velocity, "float32"))
+    return ops.mean(ops.square(error))
+
+
+def output_size(input_shape=None, input_dim=None, patch_size=2, learn_sigma=False):
+    """Values the final layer produces per token.
+
+    `p * p * C` for images `(H, W, C)`, `p` for vectors; doubled with
+    `learn_sigma` (the official layout, whose second half is discarded).
+    """
+    if (input_shape is None) == (input_dim is None):
+        raise ValueError("Give exactly one of `input_shape` (H, W, C) and `input_dim` (int).")
+    per_token = patch_size * patch_size * input_shape[-1] if input_shape is not None else patch_size
+    return per_token * (2 if learn_sigma else 1)

@@ -1,0 +1,341 @@
+"""`SiT`: the trainable generator (`fit`, `save`, `generate`).
+
+Training follows the Keras 3 pattern that runs unchanged on JAX, TensorFlow
+and PyTorch, with `jit_compile` on or off: `call` is the objective's forward
+pass (it draws `t`, the noise and the label drops from the model's
+`SeedGenerator`, builds `x_t` and the target from the path and runs the
+backbone), and `compute_loss` reduces it. The trainers thread the generator's
+state through the compiled step, so every step draws fresh values.
+"""
+
+import random
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_sit import backend, samplers
+from keras_sit.backbone import SiTBackbone
+from keras_sit.functions import sample_interpolant_time, sit_loss
+from keras_sit.paths import PATHS, get_path
+
+PREDICTIONS = ("velocity",)
+
+
+@keras.saving.register_keras_serializable(package="keras_sit")
+class SiT(keras.Model):
+    """Scalable Interpolant Transformer: a `SiTBackbone`, a path and the objective.
+
+    Train with `compile()` + `fit(x)` or `fit(x, labels)` (arrays, a
+    `tf.data.Dataset` of `x` or of `(x, labels)` pairs, or any input `fit`
+    takes); sample with `generate()`. The data are channels-last images
+    `[B, H, W, C]` (`input_shape`) or vectors `[B, D]` (`input_dim`), in the
+    space the samples should come back in (for images, typically [-1, 1]).
+
+    Args:
+        input_shape, input_dim, patch_size, hidden_size, depth, num_heads,
+            mlp_ratio, num_classes, class_dropout_prob, learn_sigma, num_steps:
+            see `SiTBackbone`. `num_layers` is accepted as an alias of `depth`.
+        path: `"linear"` (`x_t = (1 - t) x + t eps`) or `"cosine"`, or a
+            `keras_sit.Path` instance.
+        prediction: what the network predicts; `"velocity"`.
+        seed: seeds the weights, the training noise stream and the default
+            sampling noise stream. None draws one, which is then kept in the
+            config so that a saved model stays reproducible.
+
+    `model(x)` runs the objective's forward pass and returns
+    `{"pred": ..., "target": ...}`; `model.velocity(x_t, t, labels)` is the
+    network's velocity field, which is what samplers integrate.
+    """
+
+    def __init__(
+        self,
+        input_shape=None,
+        input_dim=None,
+        patch_size=2,
+        hidden_size=256,
+        depth=6,
+        num_heads=4,
+        mlp_ratio=4.0,
+        num_classes=None,
+        class_dropout_prob=0.1,
+        learn_sigma=False,
+        num_steps=1000,
+        path="linear",
+        prediction="velocity",
+        seed=None,
+        num_layers=None,
+        **kwargs,
+    ):
+        if num_layers is not None:
+            if depth not in (6, num_layers):
+                raise ValueError(f"`num_layers` is an alias of `depth`; got depth={depth}, num_layers={num_layers}.")
+            depth = num_layers
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"`prediction` must be one of {PREDICTIONS}; got {prediction!r}.")
+        if seed is None:
+            seed = random.randint(0, 2**31 - 1)
+        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"`seed` must be an int or None; got {seed!r}.")
+        self._path_arg = path if isinstance(path, str) else keras.saving.serialize_keras_object(get_path(path))
+        path = get_path(path)
+        super().__init__(**kwargs)
+        self.interpolant = path  # `Layer.path` is taken by Keras
+        self.prediction = prediction
+        self.seed = int(seed)
+        self.backbone = SiTBackbone(
+            input_shape=input_shape,
+            input_dim=input_dim,
+            patch_size=patch_size,
+            hidden_size=hidden_size,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            num_classes=num_classes,
+            class_dropout_prob=class_dropout_prob,
+            learn_sigma=learn_sigma,
+            num_steps=num_steps,
+            seed=self.seed,
+            dtype=self.dtype_policy,
+            name="backbone",
+        )
+        self.seed_generator = keras.random.SeedGenerator(self.seed, name="training_seed")
+        self.sampling_seed_generator = keras.random.SeedGenerator(self.seed + 1, name="sampling_seed")
+        self.built = True
+
+    @property
+    def num_classes(self):
+        return self.backbone.num_classes
+
+    @property
+    def data_shape(self):
+        return self.backbone.data_shape
+
+    # --- Training -----------------------------------------------------------
+
+    def compile(self, optimizer=None, loss=None, **kwargs):
+        """Like `keras.Model.compile`; the optimizer defaults to the official
+        AdamW (learning rate 1e-4, no weight decay). The loss is SiT's own."""
+        if loss is not None:
+            raise ValueError("`loss` must be None: SiT computes its own objective (see `SiT.compute_loss`).")
+        if optimizer is None:
+            optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.0)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config):
+        # Keras skips this for models that override `compile`; a loaded SiT
+        # must come back compiled, with its optimizer state.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.trainable_variables)
+
+    def _split_inputs(self, inputs):
+        """`x`, `(x, labels)` or `{"x": x, "labels": labels}` -> checked `(x, labels)`."""
+        if isinstance(inputs, dict):
+            unknown = set(inputs) - {"x", "labels"}
+            if "x" not in inputs or unknown:
+                raise ValueError(f"Dict inputs take the keys 'x' and 'labels'; got {sorted(inputs)}.")
+            x, labels = inputs["x"], inputs.get("labels")
+        elif isinstance(inputs, (tuple, list)):
+            if len(inputs) != 2:
+                raise ValueError(f"Tuple inputs must be `(x, labels)`; got {len(inputs)} elements.")
+            x, labels = inputs
+        else:
+            x, labels = inputs, None
+        check_data(x, self.data_shape, "x")
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError(
+                    "`labels` were given, but this SiT is unconditional (num_classes=None). "
+                    "Pass `num_classes` to train a class-conditional model."
+                )
+        elif labels is None:
+            if not isinstance(x, keras.KerasTensor):  # Keras' symbolic build sees `x` alone
+                raise ValueError(
+                    f"This SiT is class-conditional (num_classes={self.num_classes}): pass labels, "
+                    "e.g. `fit(x, labels)` or a dataset of `(x, labels)` pairs."
+                )
+            labels = ops.zeros((ops.shape(x)[0],), "int32")
+        else:
+            labels = check_labels(labels, ops.shape(x)[0], "labels")
+        return x, labels
+
+    def call(self, inputs, training=False):
+        """Objective forward pass: draw `t` and noise, return prediction and target."""
+        x, labels = self._split_inputs(inputs)
+        x = ops.cast(x, "float32")
+        batch = ops.shape(x)[0]
+        t = sample_interpolant_time(batch, seed=self.seed_generator)
+        noise = keras.random.normal(ops.shape(x), seed=self.seed_generator)
+        backbone_inputs = {"x_t": self.interpolant.interpolate(x, noise, t), "t": t}
+        if labels is not None:
+            if training and self.backbone.null_class is not None:
+                drop = keras.random.uniform((batch,), seed=self.seed_generator) < self.backbone.class_dropout_prob
+                labels = ops.where(drop, self.backbone.null_class, labels)
+            backbone_inputs["labels"] = labels
+        pred = self.backbone(backbone_inputs, training=training)
+        return {"pred": pred, "target": self.interpolant.velocity(x, noise, t)}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if sample_weight is not None:
+            raise ValueError("`sample_weight` is not supported by SiT's objective.")
+        loss = sit_loss(y_pred["pred"], y_pred["target"])
+        if self.losses:
+            loss = loss + ops.sum(ops.stack(self.losses))
+        return loss
+
+    def _labels_into_x(self, data):
+        """Keras hands labels over as `y`; the forward pass needs them in `x`."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if y is not None:
+            x = {"x": x, "labels": y}
+        return (x, None, sample_weight)
+
+    def train_step(self, *args):
+        # One method for every backend: JAX passes `(state, data)`, the others `(data,)`.
+        return super().train_step(*args[:-1], self._labels_into_x(args[-1]))
+
+    def test_step(self, *args):
+        return super().test_step(*args[:-1], self._labels_into_x(args[-1]))
+
+    # --- Sampling -----------------------------------------------------------
+
+    def velocity(self, x_t, t, labels=None, cfg_scale=1.0):
+        """The velocity field `v(x_t, t)`, with classifier-free guidance.
+
+        With `cfg_scale != 1` the batch is doubled with the null class and
+        `v = v_uncond + cfg_scale * (v_cond - v_uncond)` on all channels.
+        """
+        inputs = {"x_t": x_t, "t": t}
+        if labels is None:
+            return self.backbone(inputs, training=False)
+        if cfg_scale == 1.0:
+            return self.backbone({**inputs, "labels": labels}, training=False)
+        null = ops.full_like(labels, self.backbone.null_class)
+        both = self.backbone(
+            {
+                "x_t": ops.concatenate([x_t, x_t], axis=0),
+                "t": ops.concatenate([t, t], axis=0),
+                "labels": ops.concatenate([labels, null], axis=0),
+            },
+            training=False,
+        )
+        cond, uncond = ops.split(both, 2, axis=0)
+        return ops.add(uncond, ops.multiply(cfg_scale, ops.subtract(cond, uncond)))
+
+    def generate(self, num_samples, labels=None, num_steps=50, cfg_scale=1.0, seed=None):
+        """Draw samples with the Euler ODE from `t = 1` (noise) to `t = 0` (data).
+
+        Args:
+            num_samples: how many samples.
+            labels: class of each sample (an int, or ints of shape
+                `[num_samples]`) for a conditional model. None samples a
+                conditional model unconditionally through its null class.
+            num_steps: Euler steps.
+            cfg_scale: classifier-free guidance scale; 1 disables guidance.
+            seed: int for reproducible samples; None continues the model's
+                own sampling stream.
+
+        Returns:
+            A NumPy array `[num_samples, *data_shape]` in data space.
+        """
+        _check_count("num_samples", num_samples)
+        _check_count("num_steps", num_steps)
+        if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not np.isfinite(cfg_scale):
+            raise TypeError(f"`cfg_scale` must be a finite number; got {cfg_scale!r}.")
+        labels = self._generation_labels(num_samples, labels)
+        if cfg_scale != 1.0 and (labels is None or self.backbone.null_class is None):
+            raise ValueError(
+                "`cfg_scale` != 1 needs labels and a model with a null class (num_classes set and class_dropout_prob > 0)."
+            )
+        seed = self.sampling_seed_generator if seed is None else keras.random.SeedGenerator(seed)
+        noise = keras.random.normal((num_samples, *self.data_shape), seed=seed)
+
+        def drift(x, t):
+            return self.velocity(x, t, labels, cfg_scale)
+
+        with backend.no_grad():
+            samples = samplers.euler(drift, noise, num_steps, t_start=1.0, t_end=0.0)
+        return ops.convert_to_numpy(samples)
+
+    def _generation_labels(self, num_samples, labels):
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError("`labels` were given, but this SiT is unconditional (num_classes=None).")
+            return None
+        if labels is None:
+            if self.backbone.null_class is None:
+                raise ValueError(
+                    "This conditional SiT has no null class (class_dropout_prob=0): `labels` are required."
+                )
+            labels = self.backbone.null_class
+        labels = np.asarray(labels)
+        if labels.ndim == 0:
+            labels = np.full((num_samples,), labels)
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise TypeError(f"`labels` must be integers; got dtype {labels.dtype}.")
+        if labels.shape != (num_samples,):
+            raise ValueError(f"`labels` must have shape ({num_samples},) (one per sample); got {labels.shape}.")
+        top = self.num_classes if self.backbone.null_class is None else self.num_classes + 1
+        if labels.min() < 0 or labels.max() >= top:
+            raise ValueError(f"`labels` must lie in [0, {self.num_classes}); got values in [{labels.min()}, {labels.max()}].")
+        return ops.convert_to_tensor(labels.astype("int32"))
+
+    # --- Saving -------------------------------------------------------------
+
+    def save_own_variables(self, store):
+        # Keras saves no SeedGenerator state; keep it so that a resumed `fit`
+        # continues the noise stream instead of repeating it.
+        store["training_seed_state"] = np.asarray(ops.convert_to_numpy(self.seed_generator.state), "int64")
+        store["sampling_seed_state"] = np.asarray(ops.convert_to_numpy(self.sampling_seed_generator.state), "int64")
+
+    def load_own_variables(self, store):
+        for name, generator in [("training_seed_state", self.seed_generator), ("sampling_seed_state", self.sampling_seed_generator)]:
+            if name in store:
+                generator.state.assign(ops.cast(np.asarray(store[name]), generator.state.dtype))
+
+    def get_config(self):
+        backbone = self.backbone.get_config()
+        config = {"name": self.name, "trainable": self.trainable, "dtype": keras.dtype_policies.serialize(self.dtype_policy)}
+        for key in ("input_shape", "input_dim", "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio",
+                    "num_classes", "class_dropout_prob", "learn_sigma", "num_steps"):
+            config[key] = backbone[key]
+        config.update(path=self._path_arg, prediction=self.prediction, seed=self.seed)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)
+
+
+def _check_count(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
+
+
+def check_data(x, data_shape, name):
+    """Static check that `x` is `[B, *data_shape]`."""
+    shape = tuple(x.shape)
+    kind = "images (batch, height, width, channels)" if len(data_shape) == 3 else "vectors (batch, dim)"
+    if len(shape) != len(data_shape) + 1 or any(
+        s is not None and s != d for s, d in zip(shape[1:], data_shape)
+    ):
+        raise ValueError(f"`{name}` must be {kind} of shape (batch, {', '.join(map(str, data_shape))}); got shape {shape}.")
+
+
+def check_labels(labels, batch, name):
+    """Labels must be `[B]` (or `[B, 1]`) integers; returns int32 `[B]`."""
+    shape = tuple(labels.shape)
+    if len(shape) == 2 and shape[1] == 1:
+        labels = ops.reshape(labels, (-1,))
+        shape = shape[:1]
+    if len(shape) != 1:
+        raise ValueError(f"`{name}` must be class indices of shape (batch,); got shape {shape}.")
+    if shape[0] is not None and isinstance(batch, int) and shape[0] != batch:
+        raise ValueError(f"`{name}` must have one label per example ({batch}); got {shape[0]}.")
+    dtype = keras.backend.standardize_dtype(labels.dtype)
+    if "int" not in dtype:
+        raise TypeError(f"`{name}` must be integer class indices; got dtype {dtype}.")
+    return ops.cast(labels, "int32")
