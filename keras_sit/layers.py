@@ -150,6 +150,20 @@ class Unpatchify(keras.layers.Layer):
         }
 
 
+def timestep_sinusoids(t, frequency_size=256, time_scale=1.0):
+    """`[cos(s t f_k) | sin(s t f_k)]` with `f_k = 10000^(-k / half)`, in float32.
+
+    Cos first, as upstream; an odd `frequency_size` gets one zero column.
+    """
+    half = frequency_size // 2
+    freqs = np.exp(-math.log(10000.0) * np.arange(half, dtype=np.float32) / half)
+    args = ops.multiply(ops.cast(t, "float32")[:, None] * time_scale, freqs[None, :])
+    embedding = ops.concatenate([ops.cos(args), ops.sin(args)], axis=-1)
+    if frequency_size % 2:
+        embedding = ops.pad(embedding, [[0, 0], [0, 1]])
+    return embedding
+
+
 @keras.saving.register_keras_serializable(package="keras_sit")
 class TimestepEmbedding(keras.layers.Layer):
     """Continuous time `t` of shape `[B]` to a `hidden_size` vector.
@@ -174,12 +188,7 @@ class TimestepEmbedding(keras.layers.Layer):
         self.dense_out.build((None, self.hidden_size))
 
     def call(self, t):
-        half = self.frequency_size // 2
-        freqs = np.exp(-math.log(10000.0) * np.arange(half, dtype=np.float32) / half)
-        args = ops.multiply(ops.cast(t, "float32")[:, None] * self.time_scale, freqs[None, :])
-        embedding = ops.concatenate([ops.cos(args), ops.sin(args)], axis=-1)
-        if self.frequency_size % 2:
-            embedding = ops.pad(embedding, [[0, 0], [0, 1]])
+        embedding = timestep_sinusoids(t, self.frequency_size, self.time_scale)
         hidden = ops.silu(self.dense_in(ops.cast(embedding, self.compute_dtype)))
         return self.dense_out(hidden)
 

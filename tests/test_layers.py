@@ -1,0 +1,118 @@
+"""Each layer against the NumPy reference written from the official spec."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_sit import layers
+from tests import reference
+from tests.conftest import to_numpy
+
+
+def randomize(layer, rng, scale=0.3):
+    layer.set_weights([rng.normal(0, scale, size=w.shape).astype("float32") for w in layer.get_weights()])
+
+
+def test_sincos_2d_matches_official_layout():
+    np.testing.assert_allclose(layers.sincos_2d(16, 3, 5), reference.sincos_2d(16, 3, 5), atol=1e-12)
+
+
+def test_sincos_1d_values():
+    table = layers.sincos_1d(8, np.arange(4))
+    omega = 1.0 / 10000 ** (np.arange(4) / 4)
+    np.testing.assert_allclose(table[3], np.concatenate([np.sin(3 * omega), np.cos(3 * omega)]))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1000.0])
+def test_timestep_sinusoids(scale):
+    t = np.array([0.0, 0.25, 0.999], "float32")
+    np.testing.assert_allclose(to_numpy(layers.timestep_sinusoids(t, 256, scale)), reference.timestep_sinusoids(t, 256, scale), atol=2e-4)
+
+
+def test_patchify_matches_official_order_and_unpatchify_inverts_it(rng):
+    x = rng.normal(size=(2, 4, 6, 3)).astype("float32")
+    tokens = to_numpy(layers.patchify(x, 2))
+    np.testing.assert_array_equal(tokens, reference.patchify(x, 2))
+    np.testing.assert_array_equal(to_numpy(layers.Unpatchify(2, (4, 6, 3))(tokens)), x)
+
+
+def test_unpatchify_learn_sigma_drops_second_half_of_channels(rng):
+    tokens = rng.normal(size=(2, 6, 2 * 2 * 6)).astype("float32")  # 3 channels, doubled
+    out = to_numpy(layers.Unpatchify(2, (4, 6, 3), learn_sigma=True)(tokens))
+    np.testing.assert_allclose(out, reference.unpatchify(tokens, 2, (4, 6, 3), True), atol=0)
+    vectors = rng.normal(size=(2, 3, 4)).astype("float32")  # D=6, p=2, doubled
+    np.testing.assert_array_equal(to_numpy(layers.Unpatchify(2, (6,), learn_sigma=True)(vectors)), vectors[..., 0::2].reshape(2, 6))
+
+
+def test_attention_matches_softmax_reference(rng):
+    layer = layers.Attention(8, 2)
+    x = rng.normal(size=(3, 5, 8)).astype("float32")
+    layer.build(x.shape)
+    randomize(layer, rng)
+    np.testing.assert_allclose(to_numpy(layer(x)), reference.attention(x.astype("float64"), layer, 2), rtol=1e-4, atol=1e-5)
+
+
+def test_block_matches_reference_and_is_identity_at_zero_modulation(rng):
+    block = layers.SiTBlock(8, 2, mlp_ratio=2.0)
+    x = rng.normal(size=(3, 5, 8)).astype("float32")
+    c = rng.normal(size=(3, 8)).astype("float32")
+    block.build(x.shape, c.shape)
+    randomize(block, rng)
+    np.testing.assert_allclose(to_numpy(block(x, c)), reference.block(x.astype("float64"), c.astype("float64"), block), rtol=1e-4, atol=1e-4)
+    block.adaLN_modulation.set_weights([np.zeros(w.shape, "float32") for w in block.adaLN_modulation.get_weights()])
+    np.testing.assert_array_equal(to_numpy(block(x, c)), x)
+
+
+def test_final_layer_matches_reference(rng):
+    layer = layers.FinalLayer(8, 12)
+    x = rng.normal(size=(3, 5, 8)).astype("float32")
+    c = rng.normal(size=(3, 8)).astype("float32")
+    layer.build(x.shape, c.shape)
+    randomize(layer, rng)
+    np.testing.assert_allclose(to_numpy(layer(x, c)), reference.final_layer(x.astype("float64"), c.astype("float64"), layer), rtol=1e-4, atol=1e-4)
+
+
+def test_patch_embedding_adds_fixed_positions(rng):
+    layer = layers.PatchEmbedding(2, 8)
+    x = rng.normal(size=(2, 4, 6, 1)).astype("float32")
+    out = to_numpy(layer(x))
+    assert out.shape == (2, 6, 8)
+    assert not layer.position_embedding.trainable
+    expected = reference.dense(reference.patchify(x, 2), layer.projection) + reference.sincos_2d(8, 2, 3)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    vectors = layers.PatchEmbedding(2, 8)
+    out = to_numpy(vectors(x.reshape(2, 24)))
+    assert out.shape == (2, 12, 8)
+    expected = reference.dense(x.reshape(2, 12, 2), vectors.projection) + layers.sincos_1d(8, np.arange(12))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_label_embedding_null_row():
+    with_null = layers.LabelEmbedding(5, 4)
+    with_null.build((None,))
+    assert with_null.embedding.embeddings.shape == (6, 4)
+    without = layers.LabelEmbedding(5, 4, use_null_class=False)
+    without.build((None,))
+    assert without.embedding.embeddings.shape == (5, 4)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        layers.PatchEmbedding(2, 8),
+        layers.Unpatchify(2, (4, 6, 3), learn_sigma=True),
+        layers.TimestepEmbedding(8, frequency_size=32, time_scale=1.0),
+        layers.LabelEmbedding(5, 8, use_null_class=False),
+        layers.Attention(8, 2),
+        layers.MLP(8, 16),
+        layers.SiTBlock(8, 2, mlp_ratio=2.0),
+        layers.FinalLayer(8, 12),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_layer_config_round_trip(layer):
+    config = layer.get_config()
+    restored = type(layer).from_config(config)
+    assert restored.get_config() == config
+    serialized = keras.saving.serialize_keras_object(layer)
+    assert type(keras.saving.deserialize_keras_object(serialized)) is type(layer)
