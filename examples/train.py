@@ -50,17 +50,18 @@ def load_folder_dataset(directory, image_size, batch_size, seed):
     return dataset.map(lambda x, y: (x / 127.5 - 1.0, y)), class_names
 
 
-def save_grid(samples, class_names, path):
-    """One row per class; values in [-1, 1]."""
+def save_grid(samples, class_names, path, pad=1):
+    """One row per class, tiles separated by `pad` grey pixels; values in [-1, 1]."""
     from PIL import Image
 
     rows, per_row = len(class_names), samples.shape[0] // len(class_names)
-    images = ((np.clip(samples, -1.0, 1.0) + 1.0) * 127.5).astype("uint8")
-    height, width, channels = images.shape[1:]
-    grid = images.reshape(rows, per_row, height, width, channels).transpose(0, 2, 1, 3, 4)
-    grid = grid.reshape(rows * height, per_row * width, channels)
+    tiles = ((np.clip(samples, -1.0, 1.0) + 1.0) * 127.5).astype("uint8")
+    height, width, channels = tiles.shape[1:]
+    tiles = np.pad(tiles, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=128)
+    grid = tiles.reshape(rows, per_row, height + 2 * pad, width + 2 * pad, channels).transpose(0, 2, 1, 3, 4)
+    grid = grid.reshape(rows * (height + 2 * pad), per_row * (width + 2 * pad), channels)
     image = Image.fromarray(grid[..., 0] if channels == 1 else grid)
-    scale = max(1, 256 // max(height, width))
+    scale = max(1, 512 // grid.shape[0])
     image.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
 
 
