@@ -113,14 +113,18 @@ class SiT(keras.Model):
 
     # --- Training -----------------------------------------------------------
 
-    def compile(self, optimizer=None, loss=None, **kwargs):
+    def compile(self, optimizer=None, loss=None, jit_compile="auto", **kwargs):
         """Like `keras.Model.compile`; the optimizer defaults to the official
         AdamW (learning rate 1e-4, no weight decay). The loss is SiT's own."""
         if loss is not None:
             raise ValueError("`loss` must be None: SiT computes its own objective (see `SiT.compute_loss`).")
         if optimizer is None:
             optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.0)
-        super().compile(optimizer=optimizer, **kwargs)
+        super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+        # Keras saves the value "auto" resolved to on this backend (True on JAX);
+        # keep "auto" so that a model saved under JAX does not switch on
+        # torch.compile when it is loaded under PyTorch.
+        self._compile_config.config["jit_compile"] = jit_compile
 
     def compile_from_config(self, config):
         # Keras skips this for models that override `compile`; a loaded SiT
@@ -129,7 +133,7 @@ class SiT(keras.Model):
         self.optimizer.build(self.trainable_variables)
 
     def _split_inputs(self, inputs):
-        """`x`, `(x, labels)` or `{"x": x, "labels": labels}` -> checked `(x, labels)`."""
+        """`x`, `(x, labels)` or `{"x": x, "labels": labels}` -> `(x, labels)`, checked."""
         if isinstance(inputs, dict):
             unknown = set(inputs) - {"x", "labels"}
             if "x" not in inputs or unknown:
@@ -141,6 +145,12 @@ class SiT(keras.Model):
             x, labels = inputs
         else:
             x, labels = inputs, None
+        # Keras' symbolic build of a model calls it on the raw `x` of a batch.
+        self._check_inputs(x, labels, symbolic_build=isinstance(x, keras.KerasTensor))
+        return x, labels
+
+    def _check_inputs(self, x, labels, symbolic_build=False):
+        """Static checks on anything with `.shape` and `.dtype` (tensors, arrays, `tf.TensorSpec`)."""
         check_data(x, self.data_shape, "x")
         if self.num_classes is None:
             if labels is not None:
@@ -148,16 +158,42 @@ class SiT(keras.Model):
                     "`labels` were given, but this SiT is unconditional (num_classes=None). "
                     "Pass `num_classes` to train a class-conditional model."
                 )
-        elif labels is None:
-            if not isinstance(x, keras.KerasTensor):  # Keras' symbolic build sees `x` alone
-                raise ValueError(
-                    f"This SiT is class-conditional (num_classes={self.num_classes}): pass labels, "
-                    "e.g. `fit(x, labels)` or a dataset of `(x, labels)` pairs."
-                )
-            labels = ops.zeros((ops.shape(x)[0],), "int32")
-        else:
-            labels = check_labels(labels, ops.shape(x)[0], "labels")
-        return x, labels
+        elif labels is not None:
+            check_labels(labels, x.shape[0], "labels")
+        elif not symbolic_build:
+            raise ValueError(
+                f"This SiT is class-conditional (num_classes={self.num_classes}): pass labels, "
+                "e.g. `fit(x, labels)` or a dataset of `(x, labels)` pairs."
+            )
+
+    def _check_fit_data(self, x, y):
+        """Check arrays, tensors and `tf.data` element specs before Keras starts.
+
+        On JAX a `ValueError` raised while the train step is traced leaves the
+        model's variables detached (Keras has moved them into the jitted
+        state), so bad data must be caught before `fit`/`evaluate` begin.
+        Other inputs (generators, `PyDataset`, `DataLoader`) are checked in
+        the step itself.
+        """
+        if hasattr(x, "element_spec"):  # tf.data.Dataset
+            spec = x.element_spec
+            x, y = (spec[0], spec[1] if len(spec) > 1 else None) if isinstance(spec, tuple) else (spec, None)
+        if isinstance(x, dict):
+            x, y = x.get("x"), x.get("labels", y)
+        if hasattr(x, "shape") and hasattr(x, "dtype"):
+            self._check_inputs(x, y)
+
+    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
+        self._check_fit_data(x, y)
+        if isinstance(validation_data, (tuple, list)) and validation_data:
+            self._check_fit_data(validation_data[0], validation_data[1] if len(validation_data) > 1 else None)
+        elif validation_data is not None:
+            self._check_fit_data(validation_data, None)
+        return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        self._check_fit_data(x, y)
+        return super().evaluate(x, y, *args, **kwargs)
 
     def call(self, inputs, training=False):
         """Objective forward pass: draw `t` and noise, return prediction and target."""
@@ -167,13 +203,22 @@ class SiT(keras.Model):
         t = sample_interpolant_time(batch, seed=self.seed_generator)
         noise = keras.random.normal(ops.shape(x), seed=self.seed_generator)
         backbone_inputs = {"x_t": self.interpolant.interpolate(x, noise, t), "t": t}
-        if labels is not None:
-            if training and self.backbone.null_class is not None:
-                drop = keras.random.uniform((batch,), seed=self.seed_generator) < self.backbone.class_dropout_prob
-                labels = ops.where(drop, self.backbone.null_class, labels)
-            backbone_inputs["labels"] = labels
+        if self.num_classes is not None:
+            labels = ops.zeros((batch,), "int32") if labels is None else ops.cast(ops.reshape(labels, (-1,)), "int32")
+            backbone_inputs["labels"] = self.drop_labels(labels) if training else labels
         pred = self.backbone(backbone_inputs, training=training)
         return {"pred": pred, "target": self.interpolant.velocity(x, noise, t)}
+
+    def drop_labels(self, labels):
+        """Replace each label by the null class with probability `class_dropout_prob`.
+
+        This is how the model learns the unconditional velocity that
+        classifier-free guidance needs. A no-op without a null class.
+        """
+        if self.backbone.null_class is None:
+            return labels
+        drop = keras.random.uniform(ops.shape(labels), seed=self.seed_generator) < self.backbone.class_dropout_prob
+        return ops.where(drop, self.backbone.null_class, labels)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if sample_weight is not None:
@@ -326,16 +371,14 @@ def check_data(x, data_shape, name):
 
 
 def check_labels(labels, batch, name):
-    """Labels must be `[B]` (or `[B, 1]`) integers; returns int32 `[B]`."""
+    """Static check that labels are integer class indices of shape `[B]` (or `[B, 1]`)."""
     shape = tuple(labels.shape)
     if len(shape) == 2 and shape[1] == 1:
-        labels = ops.reshape(labels, (-1,))
         shape = shape[:1]
     if len(shape) != 1:
         raise ValueError(f"`{name}` must be class indices of shape (batch,); got shape {shape}.")
-    if shape[0] is not None and isinstance(batch, int) and shape[0] != batch:
+    if shape[0] is not None and batch is not None and shape[0] != batch:
         raise ValueError(f"`{name}` must have one label per example ({batch}); got {shape[0]}.")
     dtype = keras.backend.standardize_dtype(labels.dtype)
     if "int" not in dtype:
         raise TypeError(f"`{name}` must be integer class indices; got dtype {dtype}.")
-    return ops.cast(labels, "int32")

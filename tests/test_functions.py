@@ -44,12 +44,11 @@ def test_cosine_interpolant_and_velocity(batch):
 
 def test_velocity_is_time_derivative_of_interpolant(batch):
     x, noise, t = batch
-    t = np.clip(t, 0.01, 0.99)
-    h = 1e-3
+    t = np.clip(t, 0.05, 0.95)
+    h = 1e-2  # central differences in float32 (JAX has no float64 by default): error ~1e-4
     for interpolant, velocity in [(cosine_interpolant, cosine_velocity), (linear_interpolant, lambda x, n, t: linear_velocity(x, n))]:
-        x64, n64 = x.astype("float64"), noise.astype("float64")
-        finite = (to_numpy(interpolant(x64, n64, t + h)) - to_numpy(interpolant(x64, n64, t - h))) / (2 * h)
-        np.testing.assert_allclose(to_numpy(velocity(x64, n64, t.astype("float64"))), finite, rtol=1e-4, atol=1e-5)
+        finite = (to_numpy(interpolant(x, noise, t + h)) - to_numpy(interpolant(x, noise, t - h))) / (2 * h)
+        np.testing.assert_allclose(to_numpy(velocity(x, noise, t)), finite, rtol=1e-3, atol=1e-3)
 
 
 def test_sample_interpolant_time_is_uniform_and_seeded():

@@ -1,0 +1,28 @@
+"""A checkpoint saved under one backend (tests/fixtures, written by make_tiny_sit.py) loads under every backend."""
+
+import os
+
+import keras
+import numpy as np
+
+from keras_sit import SiT
+from tests.conftest import to_numpy
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+
+def test_fixture_loads_with_same_outputs_optimizer_and_noise_state():
+    expected = np.load(os.path.join(FIXTURES, "tiny_sit_expected.npz"))
+    model = keras.saving.load_model(os.path.join(FIXTURES, "tiny_sit.keras"), safe_mode=True)
+    assert isinstance(model, SiT) and model.backbone.learn_sigma
+    # Saved under JAX with jit_compile="auto", which each backend resolves for itself
+    # (JAX: XLA; TensorFlow on CPU: eager; PyTorch: eager, not torch.compile).
+    assert model.jit_compile == {"jax": True, "tensorflow": False, "torch": False}[keras.backend.backend()]
+    velocity = to_numpy(model.velocity(expected["x"], expected["t"], expected["labels"]))
+    np.testing.assert_allclose(velocity, expected["velocity"], rtol=1e-5, atol=1e-5)
+    assert np.abs(velocity).max() > 0.1  # random weights: a real comparison, not zeros
+    assert int(to_numpy(model.optimizer.iterations)) == int(expected["iterations"]) == 2
+    assert to_numpy(model.seed_generator.state).tolist() == expected["seed_state"].tolist()
+    model.fit(expected["images"], expected["label_batch"], batch_size=8, epochs=1, verbose=0)
+    assert int(to_numpy(model.optimizer.iterations)) == 3
+    assert to_numpy(model.seed_generator.state)[1] == expected["seed_state"][1] + 3
