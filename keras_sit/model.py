@@ -17,7 +17,7 @@ from keras import ops
 from keras_sit import backend, samplers
 from keras_sit.backbone import SiTBackbone
 from keras_sit.functions import sample_interpolant_time, sit_loss
-from keras_sit.paths import PATHS, get_path
+from keras_sit.paths import get_path
 
 PREDICTIONS = ("velocity",)
 
@@ -74,9 +74,11 @@ class SiT(keras.Model):
         if prediction not in PREDICTIONS:
             raise ValueError(f"`prediction` must be one of {PREDICTIONS}; got {prediction!r}.")
         if seed is None:
-            seed = random.randint(0, 2**31 - 1)
+            seed = random.randint(0, 2**31 - 2)
         elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"`seed` must be an int or None; got {seed!r}.")
+        elif not 0 <= seed < 2**31 - 1:
+            raise ValueError(f"`seed` must be in [0, 2**31 - 1) (it seeds int32 generators); got {seed}.")
         self._path_arg = path if isinstance(path, str) else keras.saving.serialize_keras_object(get_path(path))
         path = get_path(path)
         super().__init__(**kwargs)
@@ -126,10 +128,13 @@ class SiT(keras.Model):
         # torch.compile when it is loaded under PyTorch.
         self._compile_config.config["jit_compile"] = jit_compile
 
+    def get_compile_config(self):
+        return _portable_compile_config(super().get_compile_config())
+
     def compile_from_config(self, config):
         # Keras skips this for models that override `compile`; a loaded SiT
         # must come back compiled, with its optimizer state.
-        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.compile(**keras.saving.deserialize_keras_object(_portable_compile_config(config)))
         self.optimizer.build(self.trainable_variables)
 
     def _split_inputs(self, inputs):
@@ -250,9 +255,23 @@ class SiT(keras.Model):
         With `cfg_scale != 1` the batch is doubled with the null class and
         `v = v_uncond + cfg_scale * (v_cond - v_uncond)` on all channels.
         """
-        inputs = {"x_t": x_t, "t": t}
+        check_data(x_t, self.data_shape, "x_t")
+        batch = x_t.shape[0]
+        if len(getattr(t, "shape", ())) == 0:  # one time for the whole batch
+            t = ops.full((batch,), t, dtype="float32")
+        elif tuple(t.shape) != (batch,):
+            raise ValueError(f"`t` must be a scalar or have shape ({batch},), one time per example; got shape {tuple(t.shape)}.")
+        if (labels is None) != (self.num_classes is None):
+            raise ValueError(
+                f"`labels` are {'required' if labels is None else 'not accepted'}: "
+                f"this SiT has num_classes={self.num_classes} (use the null class {self.backbone.null_class} "
+                "for unconditional velocities of a conditional model)."
+            )
+        inputs = {"x_t": ops.convert_to_tensor(x_t), "t": ops.convert_to_tensor(t)}
         if labels is None:
             return self.backbone(inputs, training=False)
+        check_labels(labels, batch, "labels")
+        labels = ops.convert_to_tensor(labels)
         if cfg_scale == 1.0:
             return self.backbone({**inputs, "labels": labels}, training=False)
         null = ops.full_like(labels, self.backbone.null_class)
@@ -353,6 +372,19 @@ class SiT(keras.Model):
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)
+
+
+def _portable_compile_config(config):
+    """Name the optimizer by its public class, not the backend's subclass.
+
+    Under PyTorch, `keras.optimizers.Adam()` is an instance of
+    `keras.src.backend.torch.optimizers.torch_adam.Adam`, and Keras saves that
+    module path; loaded under JAX or TensorFlow it would run torch code.
+    """
+    optimizer = (config or {}).get("optimizer")
+    if isinstance(optimizer, dict) and str(optimizer.get("module", "")).startswith("keras.src.backend."):
+        config = {**config, "optimizer": {**optimizer, "module": "keras.optimizers", "registered_name": None}}
+    return config
 
 
 def _check_count(name, value):

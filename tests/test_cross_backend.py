@@ -1,9 +1,10 @@
-"""A checkpoint saved under one backend (tests/fixtures, written by make_tiny_sit.py) loads under every backend."""
+"""Checkpoints saved under each backend (tests/fixtures, written by make_tiny_sit.py) load under every backend."""
 
 import os
 
 import keras
 import numpy as np
+import pytest
 
 from keras_sit import SiT
 from tests.conftest import to_numpy
@@ -11,11 +12,13 @@ from tests.conftest import to_numpy
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 
-def test_fixture_loads_with_same_outputs_optimizer_and_noise_state():
-    expected = np.load(os.path.join(FIXTURES, "tiny_sit_expected.npz"))
-    model = keras.saving.load_model(os.path.join(FIXTURES, "tiny_sit.keras"), safe_mode=True)
+@pytest.mark.parametrize("saved_under", ["jax", "tensorflow", "torch"])
+def test_fixture_loads_with_same_outputs_optimizer_and_noise_state(saved_under):
+    expected = np.load(os.path.join(FIXTURES, f"tiny_sit_{saved_under}.npz"))
+    assert str(expected["backend"]) == saved_under
+    model = keras.saving.load_model(os.path.join(FIXTURES, f"tiny_sit_{saved_under}.keras"), safe_mode=True)
     assert isinstance(model, SiT) and model.backbone.learn_sigma
-    # Saved under JAX with jit_compile="auto", which each backend resolves for itself
+    # Saved with jit_compile="auto", which the loading backend resolves for itself
     # (JAX: XLA; TensorFlow on CPU: eager; PyTorch: eager, not torch.compile).
     assert model.jit_compile == {"jax": True, "tensorflow": False, "torch": False}[keras.backend.backend()]
     velocity = to_numpy(model.velocity(expected["x"], expected["t"], expected["labels"]))

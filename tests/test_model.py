@@ -183,6 +183,15 @@ def test_save_load_same_outputs_and_resumed_fit_continues_noise_stream(tmp_path,
     np.testing.assert_allclose(resumed, original, rtol=1e-6)
 
 
+def test_saved_optimizer_is_named_by_its_public_class():
+    """Under torch, Keras would save `keras.src.backend.torch.optimizers.torch_adam.Adam`."""
+    model = tiny_sit()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    optimizer = model.get_compile_config()["optimizer"]
+    assert optimizer["module"] == "keras.optimizers" and optimizer["class_name"] == "Adam"
+    assert model.get_compile_config()["jit_compile"] == "auto"
+
+
 def test_config_round_trip():
     model = tiny_sit(num_classes=3, learn_sigma=True, num_steps=1, path="cosine", class_dropout_prob=0.0)
     clone = SiT.from_config(model.get_config())
@@ -265,6 +274,7 @@ def test_generate_vectors():
         (dict(prediction="x0"), ValueError, "`prediction` must be one of"),
         (dict(depth=3, num_layers=4), ValueError, "alias of `depth`"),
         (dict(seed=1.5), TypeError, "`seed` must be an int"),
+        (dict(seed=-1), ValueError, r"`seed` must be in \[0, 2\*\*31 - 1\)"),
         (dict(hidden_size=12, num_heads=8), ValueError, "divisible by `num_heads`"),
         (dict(input_shape=(5, 4, 2)), ValueError, "divisible by `patch_size`"),
     ],
@@ -301,6 +311,24 @@ def test_bad_fit_inputs(images, labels):
         conditional.fit(images, labels, validation_data=(images, np.zeros((16, 3), "int32")), verbose=0)
     # The rejected calls left the model intact and trainable.
     assert np.isfinite(conditional.fit(images, labels, batch_size=8, verbose=0).history["loss"][0])
+
+
+def test_bad_velocity_arguments(rng):
+    model = tiny_sit(num_classes=3)
+    x = rng.normal(size=(2, 4, 4, 2)).astype("float32")
+    with pytest.raises(ValueError, match=r"`x_t` must be images .* \(batch, 4, 4, 2\)"):
+        model.velocity(x[:, :2], np.zeros(2, "float32"), np.zeros(2, "int32"))
+    with pytest.raises(ValueError, match=r"`t` must be a scalar or have shape \(2,\)"):
+        model.velocity(x, np.zeros((2, 1), "float32"), np.zeros(2, "int32"))
+    with pytest.raises(ValueError, match="`labels` are required"):
+        model.velocity(x, np.zeros(2, "float32"))
+    with pytest.raises(ValueError, match="`labels` must have one label per example"):
+        model.velocity(x, np.zeros(2, "float32"), np.zeros(3, "int32"))
+    with pytest.raises(ValueError, match="`labels` are not accepted"):
+        tiny_sit().velocity(x, 0.5, np.zeros(2, "int32"))
+    # A scalar t is one time for the whole batch.
+    np.testing.assert_array_equal(to_numpy(model.velocity(x, 0.5, np.zeros(2, "int32"))),
+                                  to_numpy(model.velocity(x, np.full(2, 0.5, "float32"), np.zeros(2, "int32"))))
 
 
 def test_bad_generate_arguments():
