@@ -25,6 +25,7 @@ def main(argv=None):
     parser.add_argument("--per-label", type=int, default=10)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--cfg-scale", type=float, default=2.0)
+    parser.add_argument("--sampler", default="euler", help="euler, midpoint, heun, rk4, sde-euler or sde-heun")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="samples.png")
     args = parser.parse_args(argv)
@@ -36,14 +37,15 @@ def main(argv=None):
         rows = list(range(model.num_classes)) if args.labels is None else args.labels
         labels, cfg_scale = np.repeat(rows, args.per_label), args.cfg_scale
     samples = model.generate(
-        len(rows) * args.per_label, labels=labels, num_steps=args.steps, cfg_scale=cfg_scale, seed=args.seed
+        len(rows) * args.per_label, labels=labels, num_steps=args.steps, cfg_scale=cfg_scale, seed=args.seed,
+        sampler=args.sampler,
     )
     if len(model.data_shape) != 3:
         np.save(os.path.splitext(args.output)[0] + ".npy", samples)
         print(f"wrote {len(samples)} vectors to {os.path.splitext(args.output)[0]}.npy")
         return
     save_grid(samples, [str(r) for r in rows], args.output)
-    print(f"wrote {args.output}: rows {rows}, {args.steps} Euler steps, cfg scale {cfg_scale}")
+    print(f"wrote {args.output}: rows {rows}, {args.steps} {args.sampler} steps, cfg scale {cfg_scale}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=None, help="folder of class sub-folders of images (default: digits)")
     parser.add_argument("--image-size", type=int, default=32, help="side length images are resized to with --data")
+    parser.add_argument("--path", default="linear", choices=["linear", "cosine", "vp"])
+    parser.add_argument("--prediction", default="velocity", choices=["velocity", "score", "noise"])
+    parser.add_argument("--sampler", default="euler", help="euler, midpoint, heun, rk4, sde-euler or sde-heun")
     parser.add_argument("--sampling-steps", type=int, default=50)
     parser.add_argument("--cfg-scale", type=float, default=2.0)
     return parser.parse_args(argv)
@@ -101,10 +104,15 @@ def main(argv=None):
         depth=4,
         num_heads=4,
         num_classes=len(class_names),
+        path=args.path,
+        prediction=args.prediction,
         seed=args.seed,
     )
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate=args.learning_rate, weight_decay=0.0))
-    print(f"backend={keras.backend.backend()} parameters={model.count_params():,} data={input_shape}")
+    print(
+        f"backend={keras.backend.backend()} parameters={model.count_params():,} data={input_shape} "
+        f"path={args.path} prediction={args.prediction}"
+    )
     history = model.fit(**fit_args, epochs=args.epochs)
     print(f"final loss {history.history['loss'][-1]:.4f}")
 
@@ -113,7 +121,8 @@ def main(argv=None):
     per_class = 10
     labels = np.repeat(np.arange(len(class_names)), per_class)
     samples = model.generate(
-        len(labels), labels=labels, num_steps=args.sampling_steps, cfg_scale=args.cfg_scale, seed=args.seed
+        len(labels), labels=labels, num_steps=args.sampling_steps, cfg_scale=args.cfg_scale, seed=args.seed,
+        sampler=args.sampler,
     )
     save_grid(samples, class_names, os.path.join(args.output_dir, "samples.png"))
     save_loss_plot(history.history, os.path.join(args.output_dir, "loss.png"))

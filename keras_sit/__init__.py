@@ -20,8 +20,11 @@ from keras_sit.layers import (
     TimestepEmbedding,
     Unpatchify,
 )
+from keras_sit.convert import export_official_state_dict, import_official_checkpoint
 from keras_sit.model import SiT
-from keras_sit.paths import CosinePath, LinearPath, Path, get_path
+from keras_sit.paths import CosinePath, LinearPath, Path, VPPath, get_path
+from keras_sit.presets import PRESETS, parameter_count
+from keras_sit.transport import Transport
 from keras_sit import samplers
 
 __version__ = "0.1.0"

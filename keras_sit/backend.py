@@ -9,6 +9,39 @@ import contextlib
 import keras
 
 
+def compile_inference(model, fn):
+    """`fn(*tensors)` compiled once per input signature, reading `model`'s weights.
+
+    JAX: `jax.jit` with the model's variable values passed in and mapped onto
+    the variables by a `keras.StatelessScope`, so the weights are inputs rather
+    than constants baked into the program, and a later call after training
+    reuses the compilation. TensorFlow: a `tf.function` (graph mode).
+    PyTorch: eager, under `torch.no_grad`.
+    """
+    name = keras.backend.backend()
+    if name == "jax":
+        import jax
+
+        variables = model.variables
+
+        def pure(values, *args):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return fn(*args)
+
+        jitted = jax.jit(pure)
+        return lambda *args: jitted([v.value for v in variables], *args)
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, reduce_retracing=True)
+
+    def run(*args):
+        with no_grad():
+            return fn(*args)
+
+    return run
+
+
 def no_grad():
     """Context for inference loops: on PyTorch, stop autograd from recording.
 

@@ -44,14 +44,18 @@ def sample_interpolant_time(batch_size, seed=None, dtype="float32"):
     return keras.random.uniform((batch_size,), minval=0.0, maxval=1.0, dtype=dtype, seed=seed)
 
 
-def sit_loss(pred_velocity, target_velocity):
+def sit_loss(pred_velocity, target_velocity, weight=None):
     """Mean squared error over every value, computed in float32.
 
     The same as the official per-example `mean_flat` followed by the batch
-    mean, since every example has the same size.
+    mean, since every example has the same size. `weight` (shape `[B]`)
+    weights each example's mean, for score/noise objectives.
     """
-    error = ops.subtract(ops.cast(pred_velocity, "float32"), ops.cast(target_velocity, "float32"))
-    return ops.mean(ops.square(error))
+    error = ops.square(ops.subtract(ops.cast(pred_velocity, "float32"), ops.cast(target_velocity, "float32")))
+    if weight is None:
+        return ops.mean(error)
+    per_example = ops.mean(ops.reshape(error, (ops.shape(error)[0], -1)), axis=1)
+    return ops.mean(ops.cast(weight, "float32") * per_example)
 
 
 def output_size(input_shape=None, input_dim=None, patch_size=2, learn_sigma=False):

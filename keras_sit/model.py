@@ -16,10 +16,9 @@ from keras import ops
 
 from keras_sit import backend, samplers
 from keras_sit.backbone import SiTBackbone
-from keras_sit.functions import sample_interpolant_time, sit_loss
+from keras_sit.functions import sit_loss
 from keras_sit.paths import get_path
-
-PREDICTIONS = ("velocity",)
+from keras_sit.transport import Transport
 
 
 @keras.saving.register_keras_serializable(package="keras_sit")
@@ -36,9 +35,17 @@ class SiT(keras.Model):
         input_shape, input_dim, patch_size, hidden_size, depth, num_heads,
             mlp_ratio, num_classes, class_dropout_prob, learn_sigma, num_steps:
             see `SiTBackbone`. `num_layers` is accepted as an alias of `depth`.
-        path: `"linear"` (`x_t = (1 - t) x + t eps`) or `"cosine"`, or a
-            `keras_sit.Path` instance.
-        prediction: what the network predicts; `"velocity"`.
+        path: `"linear"` (`x_t = (1 - t) x + t eps`), `"cosine"`, `"vp"`, or
+            a `keras_sit.Path` instance.
+        prediction: what the network predicts: `"velocity"`, `"score"` or
+            `"noise"`.
+        loss_weight, train_eps, sample_eps, time_sampler, time_loc, time_scale:
+            the objective; see `keras_sit.transport.Transport`.
+        time_convention: `"keras_sit"` (the network sees our `t`), or
+            `"official"` for weights imported from the official PyTorch SiT
+            (`keras_sit.import_official_checkpoint`): the network then sees
+            `1 - t` and a velocity network's output is negated, which is
+            all it takes to use (and fine-tune) official weights in our time.
         seed: seeds the weights, the training noise stream and the default
             sampling noise stream. None draws one, which is then kept in the
             config so that a saved model stays reproducible.
@@ -63,6 +70,13 @@ class SiT(keras.Model):
         num_steps=1000,
         path="linear",
         prediction="velocity",
+        loss_weight=None,
+        train_eps=None,
+        sample_eps=None,
+        time_sampler="uniform",
+        time_loc=0.0,
+        time_scale=1.0,
+        time_convention="keras_sit",
         seed=None,
         num_layers=None,
         **kwargs,
@@ -71,8 +85,6 @@ class SiT(keras.Model):
             if depth not in (6, num_layers):
                 raise ValueError(f"`num_layers` is an alias of `depth`; got depth={depth}, num_layers={num_layers}.")
             depth = num_layers
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"`prediction` must be one of {PREDICTIONS}; got {prediction!r}.")
         if seed is None:
             seed = random.randint(0, 2**31 - 2)
         elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -80,9 +92,14 @@ class SiT(keras.Model):
         elif not 0 <= seed < 2**31 - 1:
             raise ValueError(f"`seed` must be in [0, 2**31 - 1) (it seeds int32 generators); got {seed}.")
         self._path_arg = path if isinstance(path, str) else keras.saving.serialize_keras_object(get_path(path))
-        path = get_path(path)
+        self._eps_args = (train_eps, sample_eps)  # as given: None means "the official default"
+        transport = Transport(path, prediction, loss_weight, train_eps, sample_eps, time_sampler, time_loc, time_scale)
+        if time_convention not in ("keras_sit", "official"):
+            raise ValueError(f"`time_convention` must be 'keras_sit' or 'official'; got {time_convention!r}.")
         super().__init__(**kwargs)
-        self.interpolant = path  # `Layer.path` is taken by Keras
+        self.time_convention = time_convention
+        self.transport = transport
+        self.interpolant = transport.path  # `Layer.path` is taken by Keras
         self.prediction = prediction
         self.seed = int(seed)
         self.backbone = SiTBackbone(
@@ -103,7 +120,18 @@ class SiT(keras.Model):
         )
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="training_seed")
         self.sampling_seed_generator = keras.random.SeedGenerator(self.seed + 1, name="sampling_seed")
+        self._sampling_functions = {}  # compiled sampling loops, by settings
         self.built = True
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """One of the 12 official architectures (`"SiT-S/2"` ... `"SiT-XL/8"`);
+        see `keras_sit.presets`. E.g. the official ImageNet-256 model:
+        `SiT.from_preset("SiT-XL/2", input_shape=(32, 32, 4), num_classes=1000, learn_sigma=True)`.
+        """
+        from keras_sit.presets import sit_from_preset
+
+        return sit_from_preset(name, **overrides)
 
     @property
     def num_classes(self):
@@ -205,14 +233,27 @@ class SiT(keras.Model):
         x, labels = self._split_inputs(inputs)
         x = ops.cast(x, "float32")
         batch = ops.shape(x)[0]
-        t = sample_interpolant_time(batch, seed=self.seed_generator)
+        t = self.transport.sample_time(batch, seed=self.seed_generator)
         noise = keras.random.normal(ops.shape(x), seed=self.seed_generator)
         backbone_inputs = {"x_t": self.interpolant.interpolate(x, noise, t), "t": t}
         if self.num_classes is not None:
             labels = ops.zeros((batch,), "int32") if labels is None else ops.cast(ops.reshape(labels, (-1,)), "int32")
             backbone_inputs["labels"] = self.drop_labels(labels) if training else labels
-        pred = self.backbone(backbone_inputs, training=training)
-        return {"pred": pred, "target": self.interpolant.velocity(x, noise, t)}
+        outputs = {
+            "pred": self.network(backbone_inputs, training=training),
+            "target": self.transport.target(x, noise, t),
+        }
+        weight = self.transport.example_weight(t)
+        if weight is not None:
+            outputs["weight"] = weight
+        return outputs
+
+    def network(self, inputs, training=False):
+        """The backbone's prediction in our time convention (see `time_convention`)."""
+        if self.time_convention == "keras_sit":
+            return self.backbone(inputs, training=training)
+        output = self.backbone({**inputs, "t": ops.subtract(1.0, inputs["t"])}, training=training)
+        return ops.negative(output) if self.prediction == "velocity" else output
 
     def drop_labels(self, labels):
         """Replace each label by the null class with probability `class_dropout_prob`.
@@ -228,7 +269,7 @@ class SiT(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if sample_weight is not None:
             raise ValueError("`sample_weight` is not supported by SiT's objective.")
-        loss = sit_loss(y_pred["pred"], y_pred["target"])
+        loss = sit_loss(y_pred["pred"], y_pred["target"], y_pred.get("weight"))
         if self.losses:
             loss = loss + ops.sum(ops.stack(self.losses))
         return loss
@@ -249,11 +290,15 @@ class SiT(keras.Model):
 
     # --- Sampling -----------------------------------------------------------
 
-    def velocity(self, x_t, t, labels=None, cfg_scale=1.0):
-        """The velocity field `v(x_t, t)`, with classifier-free guidance.
+    def guided_output(self, x_t, t, labels=None, cfg_scale=1.0, guidance_channels=None, guidance_interval=None):
+        """The network's raw prediction at `(x_t, t)`, with classifier-free guidance.
 
         With `cfg_scale != 1` the batch is doubled with the null class and
-        `v = v_uncond + cfg_scale * (v_cond - v_uncond)` on all channels.
+        `out = uncond + cfg_scale * (cond - uncond)`, on every channel, or on
+        the first `guidance_channels` only (upstream guides 3 of 4 latent
+        channels; the rest keep the conditional output). `guidance_interval`
+        `(lo, hi)` guides only examples whose `t` lies in it. Guidance acts on
+        the prediction before any conversion, as upstream.
         """
         check_data(x_t, self.data_shape, "x_t")
         batch = x_t.shape[0]
@@ -265,39 +310,80 @@ class SiT(keras.Model):
             raise ValueError(
                 f"`labels` are {'required' if labels is None else 'not accepted'}: "
                 f"this SiT has num_classes={self.num_classes} (use the null class {self.backbone.null_class} "
-                "for unconditional velocities of a conditional model)."
+                "for unconditional predictions of a conditional model)."
             )
         inputs = {"x_t": ops.convert_to_tensor(x_t), "t": ops.convert_to_tensor(t)}
         if labels is None:
-            return self.backbone(inputs, training=False)
+            return self.network(inputs)
         check_labels(labels, batch, "labels")
         labels = ops.convert_to_tensor(labels)
         if cfg_scale == 1.0:
-            return self.backbone({**inputs, "labels": labels}, training=False)
+            return self.network({**inputs, "labels": labels})
         null = ops.full_like(labels, self.backbone.null_class)
-        both = self.backbone(
+        both = self.network(
             {
-                "x_t": ops.concatenate([x_t, x_t], axis=0),
-                "t": ops.concatenate([t, t], axis=0),
+                "x_t": ops.concatenate([inputs["x_t"], inputs["x_t"]], axis=0),
+                "t": ops.concatenate([inputs["t"], inputs["t"]], axis=0),
                 "labels": ops.concatenate([labels, null], axis=0),
-            },
-            training=False,
+            }
         )
         cond, uncond = ops.split(both, 2, axis=0)
-        return ops.add(uncond, ops.multiply(cfg_scale, ops.subtract(cond, uncond)))
+        guided = ops.add(uncond, ops.multiply(cfg_scale, ops.subtract(cond, uncond)))
+        if guidance_channels is not None:
+            guided = ops.concatenate([guided[..., :guidance_channels], cond[..., guidance_channels:]], axis=-1)
+        if guidance_interval is not None:
+            lo, hi = guidance_interval
+            inside = ops.logical_and(inputs["t"] >= lo, inputs["t"] <= hi)
+            guided = ops.where(ops.reshape(inside, (-1,) + (1,) * (len(guided.shape) - 1)), guided, cond)
+        return guided
 
-    def generate(self, num_samples, labels=None, num_steps=50, cfg_scale=1.0, seed=None):
-        """Draw samples with the Euler ODE from `t = 1` (noise) to `t = 0` (data).
+    def velocity(self, x_t, t, labels=None, cfg_scale=1.0, **guidance):
+        """The velocity field `v(x_t, t)` (probability-flow ODE drift), with guidance.
+
+        The network's prediction (velocity, score or noise) is guided as in
+        `guided_output`, then converted by the transport.
+        """
+        output = self.guided_output(x_t, t, labels, cfg_scale, **guidance)
+        return self.transport.to_velocity(output, ops.convert_to_tensor(x_t), _times(t, x_t))
+
+    def generate(
+        self,
+        num_samples,
+        labels=None,
+        num_steps=50,
+        cfg_scale=1.0,
+        seed=None,
+        sampler="euler",
+        guidance_channels=None,
+        guidance_interval=None,
+        diffusion="sigma",
+        diffusion_norm=1.0,
+        last_step="mean",
+        last_step_size=0.04,
+        atol=1e-6,
+        rtol=1e-3,
+    ):
+        """Draw samples, from noise at `t = 1` to data at `t = 0`.
 
         Args:
             num_samples: how many samples.
             labels: class of each sample (an int, or ints of shape
                 `[num_samples]`) for a conditional model. None samples a
                 conditional model unconditionally through its null class.
-            num_steps: Euler steps.
+            num_steps: solver steps (ODE: `samplers.ode_nfe(sampler, num_steps)`
+                model calls; SDE: one per step, two for `"sde-heun"`, plus the
+                last step).
             cfg_scale: classifier-free guidance scale; 1 disables guidance.
             seed: int for reproducible samples; None continues the model's
                 own sampling stream.
+            sampler: ODE `"euler"`, `"midpoint"`, `"heun"`, `"rk4"`, adaptive
+                `"dopri5"` (with `atol`, `rtol`; `num_steps` is then unused),
+                or SDE `"sde-euler"` (Euler-Maruyama), `"sde-heun"`.
+            guidance_channels, guidance_interval: see `guided_output`.
+            diffusion, diffusion_norm: SDE diffusion `w(t)`, one of
+                `samplers.DIFFUSIONS` (upstream's CLI default `"sigma"`).
+            last_step, last_step_size: the SDE's noiseless final step (None,
+                `"mean"`, `"tweedie"`, `"euler"`) and its size.
 
         Returns:
             A NumPy array `[num_samples, *data_shape]` in data space.
@@ -306,20 +392,83 @@ class SiT(keras.Model):
         _check_count("num_steps", num_steps)
         if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not np.isfinite(cfg_scale):
             raise TypeError(f"`cfg_scale` must be a finite number; got {cfg_scale!r}.")
+        ode = sampler in samplers.ODE_METHODS or sampler == "dopri5"
+        if not ode and sampler not in ("sde-euler", "sde-heun"):
+            raise ValueError(
+                f"`sampler` must be one of {sorted(samplers.ODE_METHODS)}, 'dopri5', 'sde-euler' or 'sde-heun'; got {sampler!r}."
+            )
+        if not (atol > 0 and rtol > 0):
+            raise ValueError(f"`atol` and `rtol` must be positive; got {atol!r}, {rtol!r}.")
         labels = self._generation_labels(num_samples, labels)
         if cfg_scale != 1.0 and (labels is None or self.backbone.null_class is None):
             raise ValueError(
                 "`cfg_scale` != 1 needs labels and a model with a null class (num_classes set and class_dropout_prob > 0)."
             )
+        guidance = self._check_guidance(guidance_channels, guidance_interval)
+        if not ode:
+            _check_sde_arguments(diffusion, last_step, last_step_size)
         seed = self.sampling_seed_generator if seed is None else keras.random.SeedGenerator(seed)
-        noise = keras.random.normal((num_samples, *self.data_shape), seed=seed)
+        x = keras.random.normal((num_samples, *self.data_shape), seed=seed)
+        noise = None if ode else samplers.draw_sde_noise(num_steps, tuple(x.shape), seed)
+        settings = (sampler, num_steps, float(cfg_scale), *guidance.values(), labels is None,
+                    diffusion, float(diffusion_norm), last_step, float(last_step_size), float(atol), float(rtol))
+        if settings not in self._sampling_functions:
+            self._sampling_functions[settings] = backend.compile_inference(self, self._sampling_loop(*settings[:5], *settings[6:]))
+        return ops.convert_to_numpy(self._sampling_functions[settings](x, noise, labels))
 
-        def drift(x, t):
-            return self.velocity(x, t, labels, cfg_scale)
+    def _sampling_loop(self, sampler, num_steps, cfg_scale, guidance_channels, guidance_interval,
+                       diffusion, norm, last_step, last_step_size, atol, rtol):
+        """`run(x, noise, labels)`: the whole sampling loop, for `backend.compile_inference`."""
+        transport = self.transport
 
-        with backend.no_grad():
-            samples = samplers.euler(drift, noise, num_steps, t_start=1.0, t_end=0.0)
-        return ops.convert_to_numpy(samples)
+        def run(x, noise, labels):
+            def output(x, t):
+                return self.guided_output(x, t, labels, cfg_scale, guidance_channels, guidance_interval)
+
+            lo, hi = transport.interval(transport.sample_eps)
+            drift = lambda x, t: transport.to_velocity(output(x, t), x, t)  # noqa: E731
+            if sampler == "dopri5":
+                return samplers.dopri5(drift, x, hi, lo, atol, rtol)[0]
+            if sampler in samplers.ODE_METHODS:
+                return samplers.integrate_ode(drift, x, num_steps, sampler, hi, lo)
+            return self._sample_sde(x, noise, output, sampler[4:], diffusion, norm, last_step, last_step_size)
+
+        return run
+
+    def _sample_sde(self, x, noise, output, method, diffusion, norm, last_step, last_step_size):
+        transport = self.transport
+        eps = transport.sample_eps
+        if diffusion == "SBDM" and not transport.is_vp and eps == 0.0:
+            eps = 1e-3  # w = D(t) is infinite at t = 1 on linear/cosine (upstream samples NaN there)
+        hi = 1.0 if transport.is_vp or (diffusion != "SBDM" and self.prediction == "velocity") else 1.0 - eps
+        h_last = last_step_size if last_step is not None else 0.0
+        lo = h_last if h_last > 0 else eps
+
+        def velocity_and_score(x, t):
+            out = output(x, t)
+            return transport.to_velocity(out, x, t), transport.to_score(out, x, t)
+
+        def w(t):
+            return samplers.diffusion_coefficient(diffusion, t, transport, norm)
+
+        x = samplers.integrate_sde(velocity_and_score, x, noise, hi, lo, w, method)
+        t_last = lo * ops.ones((x.shape[0],), x.dtype)
+        return samplers.sde_last_step(last_step, velocity_and_score, x, t_last, h_last, w, transport.path)
+
+    def _check_guidance(self, guidance_channels, guidance_interval):
+        if guidance_channels is not None:
+            channels = self.data_shape[-1]
+            if isinstance(guidance_channels, bool) or not isinstance(guidance_channels, int) or not 1 <= guidance_channels <= channels:
+                raise ValueError(f"`guidance_channels` must be an int in [1, {channels}]; got {guidance_channels!r}.")
+        if guidance_interval is not None:
+            try:
+                lo, hi = (float(v) for v in guidance_interval)
+            except (TypeError, ValueError):
+                raise ValueError(f"`guidance_interval` must be a pair (lo, hi); got {guidance_interval!r}.") from None
+            if not 0.0 <= lo <= hi <= 1.0:
+                raise ValueError(f"`guidance_interval` must satisfy 0 <= lo <= hi <= 1; got {guidance_interval!r}.")
+            guidance_interval = (lo, hi)
+        return {"guidance_channels": guidance_channels, "guidance_interval": guidance_interval}
 
     def _generation_labels(self, num_samples, labels):
         if self.num_classes is None:
@@ -363,7 +512,19 @@ class SiT(keras.Model):
         for key in ("input_shape", "input_dim", "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio",
                     "num_classes", "class_dropout_prob", "learn_sigma", "num_steps"):
             config[key] = backbone[key]
-        config.update(path=self._path_arg, prediction=self.prediction, seed=self.seed)
+        transport = self.transport.get_config()
+        config.update(
+            path=self._path_arg,
+            prediction=self.prediction,
+            loss_weight=transport["loss_weight"],
+            train_eps=self._eps_args[0],
+            sample_eps=self._eps_args[1],
+            time_sampler=transport["time_sampler"],
+            time_loc=transport["time_loc"],
+            time_scale=transport["time_scale"],
+            time_convention=self.time_convention,
+            seed=self.seed,
+        )
         return config
 
     @classmethod
@@ -385,6 +546,22 @@ def _portable_compile_config(config):
     if isinstance(optimizer, dict) and str(optimizer.get("module", "")).startswith("keras.src.backend."):
         config = {**config, "optimizer": {**optimizer, "module": "keras.optimizers", "registered_name": None}}
     return config
+
+
+def _check_sde_arguments(diffusion, last_step, last_step_size):
+    if diffusion not in samplers.DIFFUSIONS:
+        raise ValueError(f"`diffusion` must be one of {samplers.DIFFUSIONS}; got {diffusion!r}.")
+    if last_step not in samplers.LAST_STEPS:
+        raise ValueError(f"`last_step` must be one of {samplers.LAST_STEPS}; got {last_step!r}.")
+    if not 0.0 <= last_step_size < 1.0:
+        raise ValueError(f"`last_step_size` must be in [0, 1); got {last_step_size!r}.")
+
+
+def _times(t, x):
+    """`t` as a `[B]` float tensor (a scalar is one time for the whole batch)."""
+    if len(getattr(t, "shape", ())) == 0:
+        return ops.full((x.shape[0],), t, dtype="float32")
+    return ops.convert_to_tensor(t, dtype="float32")
 
 
 def _check_count(name, value):

@@ -101,7 +101,46 @@ class CosinePath(Path):
         return (math.pi / 2) * ops.cos(t * (math.pi / 2))
 
 
-PATHS = {"linear": LinearPath, "cosine": CosinePath}
+@keras.saving.register_keras_serializable(package="keras_sit")
+class VPPath(Path):
+    """Variance-preserving path of the VP-SDE (Song et al.), official `VP`.
+
+    `log alpha(t) = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2` and
+    `beta = sqrt(1 - alpha^2)`, i.e. `d log alpha / dt = -b(t) / 2` with
+    `b(t) = beta_min + t (beta_max - beta_min)`. Upstream names the two
+    constants `sigma_min`/`sigma_max`; they are beta_min/beta_max. At `t = 1`
+    alpha is exp(-5.025) = 6.6e-3, not exactly 0.
+    """
+
+    def __init__(self, beta_min=0.1, beta_max=20.0):
+        self.beta_min = float(beta_min)
+        self.beta_max = float(beta_max)
+
+    def _rate(self, t):
+        return ops.add(self.beta_min, ops.multiply(t, self.beta_max - self.beta_min))
+
+    def alpha(self, t):
+        t = ops.convert_to_tensor(t)
+        return ops.exp(-0.25 * t * t * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min)
+
+    def beta(self, t):
+        return ops.sqrt(1.0 - ops.square(self.alpha(t)))
+
+    def d_alpha(self, t):
+        return ops.multiply(-0.5 * self._rate(t), self.alpha(t))
+
+    def d_beta(self, t):
+        alpha = self.alpha(t)
+        return ops.multiply(0.5 * self._rate(t), ops.square(alpha) / ops.sqrt(1.0 - ops.square(alpha)))
+
+    def get_config(self):
+        return {"beta_min": self.beta_min, "beta_max": self.beta_max}
+
+    def __repr__(self):
+        return f"VPPath(beta_min={self.beta_min}, beta_max={self.beta_max})"
+
+
+PATHS = {"linear": LinearPath, "cosine": CosinePath, "vp": VPPath}
 
 
 def get_path(path):

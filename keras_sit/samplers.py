@@ -1,26 +1,236 @@
-"""Integrators over `keras.ops`, usable with any drift `f(x, t) -> dx/dt`.
+"""ODE and SDE integrators over `keras.ops`, usable with any drift `f(x, t)`.
 
-Keras ships no ODE/SDE solvers, so these are written here. `t` is passed to
-the drift as a `[B]` tensor. With the library's convention, sampling runs from
-`t = 1` (noise) to `t = 0` (data).
+Keras ships no ODE/SDE solvers, so they are written here. They know nothing
+about SiT: `drift(x, t)` is any callable returning `dx/dt`, with `t` passed as
+a `[B]` tensor. The library's time runs from `t = 1` (noise) to `t = 0` (data),
+so sampling integrates with `t_start=1, t_end=0`; swapping them maps data to
+noise (encoding).
+
+Every loop is an `ops.fori_loop`: a compiled `lax.fori_loop` on JAX, a
+`tf.while_loop` on TensorFlow, a Python loop on PyTorch. SDE noise is drawn for
+all steps before the loop, because a `SeedGenerator` cannot be used inside a
+JAX loop body.
 """
 
+import math
+
+import keras
 from keras import ops
 
 
-def euler(drift, x, num_steps, t_start=1.0, t_end=0.0):
-    """Fixed-step Euler from `t_start` to `t_end` in `num_steps` steps.
+def _euler_step(drift, x, t, h):
+    return x + h * drift(x, t)
 
-    The loop is an `ops.fori_loop` (a compiled `lax.fori_loop` on JAX, a
-    `tf.while_loop` on TensorFlow, a Python loop on PyTorch).
-    """
+
+def _midpoint_step(drift, x, t, h):
+    return x + h * drift(x + 0.5 * h * drift(x, t), t + 0.5 * h)
+
+
+def _heun_step(drift, x, t, h):
+    k1 = drift(x, t)
+    k2 = drift(x + h * k1, t + h)
+    return x + 0.5 * h * (k1 + k2)
+
+
+def _rk4_step(drift, x, t, h):
+    """Classic fourth-order Runge-Kutta (torchdiffeq's `rk4` is the 3/8 rule)."""
+    k1 = drift(x, t)
+    k2 = drift(x + 0.5 * h * k1, t + 0.5 * h)
+    k3 = drift(x + 0.5 * h * k2, t + 0.5 * h)
+    k4 = drift(x + h * k3, t + h)
+    return x + h / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+
+
+# name -> (step, model evaluations per step)
+ODE_METHODS = {"euler": (_euler_step, 1), "midpoint": (_midpoint_step, 2), "heun": (_heun_step, 2), "rk4": (_rk4_step, 4)}
+
+
+def _check_steps(num_steps):
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps <= 0:
         raise ValueError(f"`num_steps` must be a positive int; got {num_steps!r}.")
-    step = (t_end - t_start) / num_steps
-    batch = ops.shape(x)[0]
+
+
+def _time_vector(value, x):
+    """Scalar time (Python or tensor) -> `[B]` in `x`'s dtype."""
+    return ops.cast(value, x.dtype) * ops.ones((ops.shape(x)[0],), x.dtype)
+
+
+def ode_nfe(method, num_steps):
+    """Number of drift evaluations of a fixed-step ODE solve."""
+    return ODE_METHODS[method][1] * num_steps
+
+
+def integrate_ode(drift, x, num_steps, method="euler", t_start=1.0, t_end=0.0):
+    """Fixed-step solve of `dx/dt = drift(x, t)` from `t_start` to `t_end`.
+
+    `method` is one of `ODE_METHODS` ("euler", "midpoint", "heun", "rk4");
+    the cost is `ode_nfe(method, num_steps)` drift evaluations.
+    """
+    if method not in ODE_METHODS:
+        raise ValueError(f"`method` must be one of {sorted(ODE_METHODS)}; got {method!r}.")
+    _check_steps(num_steps)
+    step, _ = ODE_METHODS[method]
+    h = (t_end - t_start) / num_steps
+    x = ops.convert_to_tensor(x)
 
     def body(i, x):
-        t = ops.cast(t_start + ops.cast(i, "float32") * step, x.dtype) * ops.ones((batch,), x.dtype)
-        return ops.add(x, ops.multiply(step, drift(x, t)))
+        t = _time_vector(t_start + ops.cast(i, "float32") * h, x)
+        return step(drift, x, t, h)
 
     return ops.fori_loop(0, num_steps, body, x)
+
+
+def euler(drift, x, num_steps, t_start=1.0, t_end=0.0):
+    """Fixed-step Euler; see `integrate_ode`."""
+    return integrate_ode(drift, x, num_steps, "euler", t_start, t_end)
+
+
+# Dormand-Prince 5(4) tableau: nodes, stage weights, 5th-order weights, 5th-minus-4th weights.
+_DOPRI_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
+_DOPRI_A = (
+    (),
+    (1 / 5,),
+    (3 / 40, 9 / 40),
+    (44 / 45, -56 / 15, 32 / 9),
+    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+)
+_DOPRI_ERROR = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
+
+
+def dopri5(drift, x, t_start=1.0, t_end=0.0, atol=1e-6, rtol=1e-3, first_step=0.05, max_steps=1000):
+    """Adaptive Dormand-Prince 5(4) from `t_start` to `t_end`.
+
+    Each example has its own time and step size (upstream shares one
+    controller across the batch, so a sample depended on its batch-mates):
+    the loop runs until every example has arrived, and examples that have
+    arrived stand still. The error norm is the RMS over an example of
+    `err / (atol + rtol * max(|x|, |x_new|))`; a step is accepted when it is
+    at most 1. Returns `(x, nfe)`, `nfe` the drift evaluations (7 per
+    attempt, batched).
+    """
+    x = ops.convert_to_tensor(x)
+    direction = 1.0 if t_end > t_start else -1.0
+    batch = ops.shape(x)[0]
+    expand = (-1,) + (1,) * (len(x.shape) - 1)
+    t = _time_vector(t_start, x)
+    h = _time_vector(direction * first_step, x)
+
+    def cond(i, x, t, h, nfe):
+        remaining = ops.any(direction * (t_end - t) > 1e-7)
+        return ops.logical_and(remaining, i < max_steps)
+
+    def body(i, x, t, h, nfe):
+        h = direction * ops.minimum(direction * h, direction * (t_end - t))  # land on t_end
+        hb = ops.reshape(h, expand)
+        stages = []
+        for c, a in zip(_DOPRI_C, _DOPRI_A):
+            xi = x
+            for aj, kj in zip(a, stages):
+                if aj:
+                    xi = xi + hb * aj * kj
+            stages.append(drift(xi, t + c * h))
+        x_new = x + hb * sum(b * k for b, k in zip(_DOPRI_A[6], stages[:6]) if b)
+        error = hb * sum(e * k for e, k in zip(_DOPRI_ERROR, stages) if e)
+        scale = atol + rtol * ops.maximum(ops.abs(x), ops.abs(x_new))
+        norm = ops.sqrt(ops.mean(ops.reshape(ops.square(error / scale), (batch, -1)), axis=1))
+        active = direction * (t_end - t) > 1e-7
+        accept = ops.logical_and(active, norm <= 1.0)
+        x = ops.where(ops.reshape(accept, expand), x_new, x)
+        t = ops.where(accept, t + h, t)
+        factor = ops.clip(0.9 * ops.power(ops.maximum(norm, 1e-10), -0.2), 0.2, 10.0)
+        return i + 1, x, t, h * factor, nfe + 7
+
+    _, x, _, _, nfe = ops.while_loop(cond, body, (0, x, t, h, 0))
+    return x, nfe
+
+
+# --- SDE ------------------------------------------------------------------------------------
+
+DIFFUSIONS = ("constant", "SBDM", "sigma", "linear", "decreasing", "increasing-decreasing")
+SDE_METHODS = ("euler", "heun")
+LAST_STEPS = (None, "mean", "tweedie", "euler")
+
+
+def diffusion_coefficient(form, t, transport, norm=1.0):
+    """`w(t)` of the reverse SDE, the official `compute_diffusion` in our time.
+
+    Official time is `1 - t`; e.g. official `linear` `n (1 - t_off)` is `n t`
+    here, and `decreasing` `(n cos(pi t_off) + 1)^2 / 4` is
+    `(1 - n cos(pi t))^2 / 4`.
+    """
+    if form == "constant":
+        return norm * ops.ones_like(t)
+    if form == "SBDM":
+        return norm * transport.drift_var(t)
+    if form == "sigma":
+        return norm * transport.path.beta(t)
+    if form == "linear":
+        return norm * t
+    if form == "decreasing":
+        return 0.25 * ops.square(1.0 - norm * ops.cos(math.pi * t))
+    if form == "increasing-decreasing":
+        return norm * ops.square(ops.sin(math.pi * t))
+    raise ValueError(f"`diffusion` must be one of {DIFFUSIONS}; got {form!r}.")
+
+
+def integrate_sde(velocity_and_score, x, noise, t_start, t_end, diffusion, method="euler"):
+    """Reverse-time SDE from `t_start` down to `t_end` in `len(noise)` steps.
+
+    With step `h > 0` (time decreasing), `F = -v + w s`:
+        euler: `x <- x + F(x, t) h + sqrt(2 w h) z`
+        heun:  `x_hat = x + sqrt(2 w h) z`, then one Heun step of `F` from `x_hat`
+    `velocity_and_score(x, t)` returns `(v, s)` from ONE model call (upstream
+    makes two). `diffusion(t)` is `w(t)` per example. `noise` is `[steps, B, ...]`.
+    """
+    if method not in SDE_METHODS:
+        raise ValueError(f"`method` must be one of {SDE_METHODS}; got {method!r}.")
+    num_steps = noise.shape[0]
+    h = (t_start - t_end) / num_steps
+    x, noise = ops.convert_to_tensor(x), ops.convert_to_tensor(noise)
+
+    def spread(t, x):
+        return ops.reshape(diffusion(t), (-1,) + (1,) * (len(x.shape) - 1))
+
+    def denoising_drift(x, t):
+        v, s = velocity_and_score(x, t)
+        return spread(t, x) * s - v
+
+    def body(i, x):
+        t = _time_vector(t_start - ops.cast(i, "float32") * h, x)
+        kick = ops.sqrt(2.0 * spread(t, x) * h) * ops.cast(noise[i], x.dtype)
+        if method == "euler":
+            return x + h * denoising_drift(x, t) + kick
+        x_hat = x + kick
+        k1 = denoising_drift(x_hat, t)
+        k2 = denoising_drift(x_hat + h * k1, t - h)
+        return x_hat + 0.5 * h * (k1 + k2)
+
+    return ops.fori_loop(0, num_steps, body, x)
+
+
+def sde_last_step(kind, velocity_and_score, x, t, h, diffusion, path):
+    """The noiseless final step at time `t` (per example) of size `h`.
+
+    `"mean"`: `x + h (w s - v)` (upstream default); `"euler"`: `x - h v` (ODE
+    drift only); `"tweedie"`: `(x + b^2 s) / a`, the clean-data estimate;
+    None: `x` unchanged.
+    """
+    if kind is None:
+        return x
+    if kind not in LAST_STEPS:
+        raise ValueError(f"`last_step` must be one of {LAST_STEPS}; got {kind!r}.")
+    v, s = velocity_and_score(x, t)
+    shape = (-1,) + (1,) * (len(x.shape) - 1)
+    if kind == "euler":
+        return x - h * v
+    if kind == "mean":
+        return x + h * (ops.reshape(diffusion(t), shape) * s - v)
+    a, b = (ops.reshape(f(t), shape) for f in (path.alpha, path.beta))
+    return (x + ops.square(b) * s) / a
+
+
+def draw_sde_noise(num_steps, shape, seed):
+    """All the Gaussian increments of an SDE solve, drawn before the loop."""
+    return keras.random.normal((num_steps, *shape), seed=seed)

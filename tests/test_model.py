@@ -353,3 +353,17 @@ def test_bad_generate_arguments():
         unconditional.generate(2, cfg_scale=2.0)
     with pytest.raises(ValueError, match="no null class"):
         no_null.generate(2)
+
+
+def test_official_time_convention_feeds_one_minus_t_and_negates_velocity(rng):
+    ours = tiny_sit(num_classes=3)
+    randomize(ours, rng)
+    official = tiny_sit(num_classes=3, time_convention="official")
+    official.set_weights(ours.get_weights())
+    x = rng.normal(size=(2, 4, 4, 2)).astype("float32")
+    t = np.array([0.2, 0.9], "float32")
+    y = np.array([0, 2], "int32")
+    expected = -to_numpy(ours.backbone({"x_t": x, "t": 1 - t, "labels": y}))
+    np.testing.assert_allclose(to_numpy(official.velocity(x, t, y)), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="`time_convention` must be"):
+        tiny_sit(time_convention="reversed")

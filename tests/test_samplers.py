@@ -1,0 +1,155 @@
+"""Samplers on Gaussian data, whose exact velocity field and transport map are known."""
+
+import numpy as np
+import pytest
+
+from keras_sit import samplers
+from keras_sit.paths import CosinePath, LinearPath
+from keras_sit.transport import Transport
+from tests.conftest import tiny_sit, to_numpy
+from tests.gaussian import Gaussian
+
+MU, S = [1.0, -2.0], [0.5, 1.5]
+
+
+def exact_drift(gaussian):
+    return gaussian.velocity
+
+
+def endpoint_error(method, steps, path, z):
+    gaussian = Gaussian(path, MU, S)
+    out = to_numpy(samplers.integrate_ode(exact_drift(gaussian), z, steps, method))
+    return np.abs(out - gaussian.transport_map(z)).max()
+
+
+@pytest.mark.parametrize("method, order, steps", [("euler", 1, 16), ("midpoint", 2, 16), ("heun", 2, 16), ("rk4", 4, 8)])
+def test_fixed_step_convergence_order(method, order, steps, rng):
+    """Doubling the steps divides the error by 2^order (noise at t=1 -> mu + s z at t=0).
+
+    Cosine path: the ratio is the nominal one. Linear path: at least nominal
+    (midpoint happens to gain an order there). rk4 is measured at 8 -> 16
+    steps, where its error (~1e-5) is still above float32 round-off.
+    """
+    z = rng.normal(size=(64, 2)).astype("float32")
+    coarse, fine = (endpoint_error(method, n, CosinePath(), z) for n in (steps, 2 * steps))
+    assert 0.75 * 2**order < coarse / fine < 1.5 * 2**order, (coarse, fine)
+    coarse, fine = (endpoint_error(method, n, LinearPath(), z) for n in (steps // 2, steps))
+    assert coarse / fine > 0.75 * 2**order, (coarse, fine)
+
+
+def test_ode_nfe():
+    assert [samplers.ode_nfe(m, 10) for m in ("euler", "midpoint", "heun", "rk4")] == [10, 20, 20, 40]
+
+
+def test_reverse_ode_encodes_data_to_noise(rng):
+    gaussian = Gaussian(LinearPath(), MU, S)
+    z = rng.normal(size=(32, 2)).astype("float32")
+    x = gaussian.transport_map(z).astype("float32")
+    encoded = to_numpy(samplers.integrate_ode(exact_drift(gaussian), x, 32, "rk4", t_start=0.0, t_end=1.0))
+    np.testing.assert_allclose(encoded, z, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+@pytest.mark.parametrize("form", ["sigma", "constant", "linear"])
+def test_sde_reproduces_mean_and_variance(method, form, rng):
+    gaussian = Gaussian(LinearPath(), MU, S)
+    transport = Transport("linear")
+
+    def velocity_and_score(x, t):
+        return gaussian.velocity(x, t), gaussian.score(x, t)
+
+    n, steps, last = 4000, 100, 0.04
+    noise = rng.normal(size=(steps, n, 2)).astype("float32")
+    x = rng.normal(size=(n, 2)).astype("float32")
+    w = lambda t: samplers.diffusion_coefficient(form, t, transport)  # noqa: E731
+    x = samplers.integrate_sde(velocity_and_score, x, noise, 1.0, last, w, method)
+    # The noiseless "mean" step shrinks the spread by (1 - h w / var); fine for the small w of
+    # sigma/linear at t = 0.04, not for w = 1: there the plain ODE step is the right last step.
+    last_step = "euler" if form == "constant" else "mean"
+    x = to_numpy(samplers.sde_last_step(last_step, velocity_and_score, x, np.full(n, last, "float32"), last, w, transport.path))
+    # Within ~4 standard errors of the target moments, plus the O(step) bias.
+    np.testing.assert_allclose(x.mean(0), MU, atol=4 * max(S) / np.sqrt(n) + 0.03)
+    np.testing.assert_allclose(x.std(0), S, rtol=0.06)
+
+
+def test_diffusion_forms_in_our_time():
+    transport = Transport("linear")
+    t = np.array([0.25, 0.5], "float32")
+    expected = {
+        "constant": [2.0, 2.0],
+        "SBDM": 2 * t / (1 - t),
+        "sigma": 2 * t,
+        "linear": 2 * t,
+        "decreasing": 0.25 * (1 - 2 * np.cos(np.pi * t)) ** 2,
+        "increasing-decreasing": 2 * np.sin(np.pi * t) ** 2,
+    }
+    for form, values in expected.items():
+        np.testing.assert_allclose(to_numpy(samplers.diffusion_coefficient(form, t, transport, norm=2.0)), values, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "midpoint", "rk4", "dopri5", "sde-euler", "sde-heun"])
+def test_generate_with_every_sampler(sampler, rng):
+    model = tiny_sit(num_classes=3)
+    for variable in model.backbone.trainable_weights:
+        variable.assign(rng.normal(0, 0.2, size=variable.shape).astype("float32"))
+    samples = model.generate(4, labels=[0, 1, 2, 0], num_steps=4, cfg_scale=2.0, sampler=sampler, seed=0)
+    assert samples.shape == (4, 4, 4, 2) and np.all(np.isfinite(samples))
+
+
+@pytest.mark.parametrize("path", ["linear", "cosine", "vp"])
+def test_sbdm_with_velocity_model_stays_finite(path, rng):
+    """Upstream starts SBDM at t where D is infinite and samples NaN; we keep away from it."""
+    model = tiny_sit(path=path)
+    for variable in model.backbone.trainable_weights:
+        variable.assign(rng.normal(0, 0.2, size=variable.shape).astype("float32"))
+    for last_step in (None, "mean", "tweedie", "euler"):
+        samples = model.generate(4, num_steps=5, sampler="sde-euler", diffusion="SBDM", last_step=last_step, seed=0)
+        assert np.all(np.isfinite(samples)), last_step
+
+
+def test_guidance_channels_and_interval(rng):
+    model = tiny_sit(num_classes=3)
+    for variable in model.backbone.trainable_weights:
+        variable.assign(rng.normal(0, 0.2, size=variable.shape).astype("float32"))
+    x = rng.normal(size=(2, 4, 4, 2)).astype("float32")
+    t = np.array([0.2, 0.7], "float32")
+    y = np.array([1, 2], "int32")
+    cond = to_numpy(model.guided_output(x, t, y))
+    guided = to_numpy(model.guided_output(x, t, y, cfg_scale=3.0))
+    first = to_numpy(model.guided_output(x, t, y, cfg_scale=3.0, guidance_channels=1))
+    np.testing.assert_allclose(first[..., :1], guided[..., :1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(first[..., 1:], cond[..., 1:], rtol=1e-5, atol=1e-5)
+    interval = to_numpy(model.guided_output(x, t, y, cfg_scale=3.0, guidance_interval=(0.5, 1.0)))
+    np.testing.assert_allclose(interval[0], cond[0], rtol=1e-5, atol=1e-5)  # t=0.2 outside
+    np.testing.assert_allclose(interval[1], guided[1], rtol=1e-5, atol=1e-5)  # t=0.7 inside
+    with pytest.raises(ValueError, match="`guidance_channels` must be an int in"):
+        model.generate(2, labels=[0, 1], guidance_channels=3)
+    with pytest.raises(ValueError, match="`guidance_interval` must satisfy"):
+        model.generate(2, labels=[0, 1], guidance_interval=(0.8, 0.2))
+    with pytest.raises(ValueError, match="`sampler` must be one of"):
+        model.generate(2, labels=[0, 1], sampler="dopri8")
+    with pytest.raises(ValueError, match="`diffusion` must be one of"):
+        model.generate(2, labels=[0, 1], sampler="sde-euler", diffusion="cosine")
+
+
+def test_dopri5_meets_tolerance_with_fewer_evaluations_than_heun(rng):
+    gaussian = Gaussian(CosinePath(), MU, S)
+    z = rng.normal(size=(64, 2)).astype("float32")
+    x, nfe = samplers.dopri5(exact_drift(gaussian), z, atol=1e-3, rtol=1e-3)
+    error, nfe = np.abs(to_numpy(x) - gaussian.transport_map(z)).max(), int(to_numpy(nfe))
+    assert error < 1e-3
+    steps = 8  # the fewest Heun steps (doubling) that reach the same error
+    while endpoint_error("heun", steps, CosinePath(), z) > error:
+        steps *= 2
+    assert nfe < samplers.ode_nfe("heun", steps), (nfe, steps)
+
+
+def test_dopri5_reverse_and_per_example_steps(rng):
+    """Encoding runs t: 0 -> 1; one example's result does not depend on its batch-mates."""
+    gaussian = Gaussian(LinearPath(), MU, S)
+    z = rng.normal(size=(8, 2)).astype("float32")
+    x = gaussian.transport_map(z).astype("float32")
+    encoded, _ = samplers.dopri5(exact_drift(gaussian), x, t_start=0.0, t_end=1.0, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(encoded), z, atol=1e-3)
+    alone, _ = samplers.dopri5(exact_drift(gaussian), x[:1], t_start=0.0, t_end=1.0, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(to_numpy(alone), to_numpy(encoded)[:1], rtol=1e-6)
