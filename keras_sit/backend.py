@@ -42,6 +42,34 @@ def compile_inference(model, fn):
     return run
 
 
+def vjp(fn, x, cotangent):
+    """`(fn(x), J^T cotangent)` for `J` the Jacobian of `fn` at `x`.
+
+    Keras has no backend-neutral autodiff outside training, and the
+    likelihood's divergence needs one vector-Jacobian product per probe.
+    """
+    name = keras.backend.backend()
+    if name == "jax":
+        import jax
+
+        y, pullback = jax.vjp(fn, x)
+        return y, pullback(cotangent)[0]
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        return y, tape.gradient(y, x, output_gradients=cotangent)
+    import torch
+
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        y = fn(x)
+        (grad,) = torch.autograd.grad(y, x, grad_outputs=cotangent)
+    return y.detach(), grad
+
+
 def no_grad():
     """Context for inference loops: on PyTorch, stop autograd from recording.
 

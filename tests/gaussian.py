@@ -19,14 +19,16 @@ class Gaussian:
 
     def moments(self, t):
         a, b, _, _ = self._coefficients(t)
-        return a * self.mu, a * a * self.s**2 + b * b
+        mu, s = ops.convert_to_tensor(self.mu), ops.convert_to_tensor(self.s)
+        return a * mu, a * a * s**2 + b * b
 
     def posterior(self, x, t):
         """E[x0 | x_t = x] and E[eps | x_t = x]."""
         x = ops.convert_to_tensor(x)
         a, b, _, _ = self._coefficients(t)
         mean, var = self.moments(t)
-        return self.mu + a * self.s**2 * (x - mean) / var, b * (x - mean) / var
+        mu, s = ops.convert_to_tensor(self.mu), ops.convert_to_tensor(self.s)
+        return mu + a * s**2 * (x - mean) / var, b * (x - mean) / var
 
     def velocity(self, x, t):
         _, _, da, db = self._coefficients(t)
