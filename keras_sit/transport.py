@@ -92,10 +92,10 @@ class Transport:
 
     def sample_time(self, batch_size, seed):
         """Training times `[B]` on the training interval."""
-        u = sample_interpolant_time(batch_size, seed=seed)
         if self.time_sampler == "logit_normal":
-            z = keras.random.normal((batch_size,), seed=seed)
-            u = ops.sigmoid(self.time_loc + self.time_scale * z)
+            u = ops.sigmoid(self.time_loc + self.time_scale * keras.random.normal((batch_size,), seed=seed))
+        else:
+            u = sample_interpolant_time(batch_size, seed=seed)
         lo, hi = self.interval(self.train_eps)
         return u if (lo, hi) == (0.0, 1.0) else lo + (hi - lo) * u
 
