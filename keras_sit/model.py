@@ -302,10 +302,7 @@ class SiT(keras.Model):
         """
         check_data(x_t, self.data_shape, "x_t")
         batch = x_t.shape[0]
-        if len(getattr(t, "shape", ())) == 0:  # one time for the whole batch
-            t = ops.full((batch,), t, dtype="float32")
-        elif tuple(t.shape) != (batch,):
-            raise ValueError(f"`t` must be a scalar or have shape ({batch},), one time per example; got shape {tuple(t.shape)}.")
+        t = _times(t, x_t)
         if (labels is None) != (self.num_classes is None):
             raise ValueError(
                 f"`labels` are {'required' if labels is None else 'not accepted'}: "
@@ -608,9 +605,12 @@ def _check_sde_arguments(diffusion, last_step, last_step_size):
 
 
 def _times(t, x):
-    """`t` as a `[B]` float tensor (a scalar is one time for the whole batch)."""
+    """`t` as a `[B]` float tensor for `x` of batch `B` (a scalar is one time for the whole batch)."""
+    batch = x.shape[0]
     if len(getattr(t, "shape", ())) == 0:
-        return ops.full((x.shape[0],), t, dtype="float32")
+        return ops.full((batch,), t, dtype="float32")
+    if tuple(t.shape) != (batch,):
+        raise ValueError(f"`t` must be a scalar or have shape ({batch},), one time per example; got shape {tuple(t.shape)}.")
     return ops.convert_to_tensor(t, dtype="float32")
 
 
