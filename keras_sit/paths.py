@@ -16,7 +16,7 @@ import keras
 from keras import ops
 
 
-def _broadcast_time(t, x):
+def broadcast_time(t, x):
     """Reshape per-example times `[B]` to `[B, 1, ..., 1]` in `x`'s dtype."""
     t = ops.cast(t, x.dtype)
     return ops.reshape(t, (-1,) + (1,) * (len(x.shape) - 1))
@@ -45,12 +45,12 @@ class Path:
 
     def interpolate(self, x, noise, t):
         """`x_t = alpha(t) x + beta(t) noise`, with `t` of shape `[B]`."""
-        t = _broadcast_time(t, x)
+        t = broadcast_time(t, x)
         return ops.add(ops.multiply(self.alpha(t), x), ops.multiply(self.beta(t), noise))
 
     def velocity(self, x, noise, t):
         """`d x_t / dt = alpha'(t) x + beta'(t) noise`: the velocity target."""
-        t = _broadcast_time(t, x)
+        t = broadcast_time(t, x)
         return ops.add(ops.multiply(self.d_alpha(t), x), ops.multiply(self.d_beta(t), noise))
 
     def get_config(self):

@@ -17,6 +17,8 @@ import math
 import keras
 from keras import ops
 
+from keras_sit import backend  # the likelihood's vector-Jacobian product
+
 
 def _euler_step(drift, x, t, h):
     return x + h * drift(x, t)
@@ -160,8 +162,6 @@ def log_likelihood(velocity, x, num_steps=50, method="rk4", probes=None, t_start
     `[K, B, *data]`, fixed for the whole solve so the ODE stays deterministic.
     `method` is a fixed-step method or `"dopri5"`; returns `(log_p, nfe)`.
     """
-    from keras_sit import backend  # the one backend-specific piece: the VJP
-
     x = ops.cast(ops.convert_to_tensor(x), "float32")
     batch, data_shape = x.shape[0], tuple(x.shape[1:])
     dim = int(math.prod(data_shape))

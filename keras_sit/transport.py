@@ -22,16 +22,11 @@ import keras
 from keras import ops
 
 from keras_sit.functions import sample_interpolant_time
-from keras_sit.paths import VPPath, get_path
+from keras_sit.paths import VPPath, broadcast_time, get_path
 
 PREDICTIONS = ("velocity", "score", "noise")
 LOSS_WEIGHTS = (None, "velocity", "likelihood")
 TIME_SAMPLERS = ("uniform", "logit_normal")
-
-
-def _per_example(t, x):
-    """Times `[B]` -> `[B, 1, ..., 1]` in `x`'s dtype."""
-    return ops.reshape(ops.cast(t, x.dtype), (-1,) + (1,) * (len(x.shape) - 1))
 
 
 def _tensors(*values):
@@ -106,7 +101,7 @@ class Transport:
             return self.path.velocity(x, noise, t)
         if self.prediction == "noise":
             return noise
-        return -noise / self.path.beta(_per_example(t, noise))
+        return -noise / self.path.beta(broadcast_time(t, noise))
 
     def example_weight(self, t):
         """Per-example loss weight `[B]`, or None for plain MSE.
@@ -135,7 +130,7 @@ class Transport:
         return b * p.d_beta(t) - p.d_alpha(t) / a * ops.square(b)
 
     def _coefficients(self, x, t):
-        t = _per_example(ops.convert_to_tensor(t), x)
+        t = broadcast_time(ops.convert_to_tensor(t), x)
         p = self.path
         return p.alpha(t), p.beta(t), p.d_alpha(t), p.d_beta(t)
 
