@@ -359,6 +359,9 @@ class SiT(keras.Model):
         last_step_size=0.04,
         atol=1e-6,
         rtol=1e-3,
+        verbose=0,
+        return_trajectory=False,
+        noise=None,
     ):
         """Draw samples, from noise at `t = 1` to data at `t = 0`.
 
@@ -381,14 +384,27 @@ class SiT(keras.Model):
                 `samplers.DIFFUSIONS` (upstream's CLI default `"sigma"`).
             last_step, last_step_size: the SDE's noiseless final step (None,
                 `"mean"`, `"tweedie"`, `"euler"`) and its size.
+            verbose: 1 shows a `keras.utils.Progbar` over the steps with the
+                running NFE (0, the default, shows nothing).
+            return_trajectory: also return the states along the way.
+            noise: the initial state at `t = 1`, `[num_samples, *data_shape]`
+                (e.g. from `encode`); None draws it from `seed`.
+
+        With neither `verbose` nor `return_trajectory`, the whole loop is one
+        compiled call. With either, one compiled step is called per step (the
+        same grid, so the same samples up to float rounding), and `"dopri5"`
+        solves `num_steps` equal segments when keeping the trajectory (one
+        otherwise).
 
         Returns:
-            A NumPy array `[num_samples, *data_shape]` in data space.
+            A NumPy array `[num_samples, *data_shape]` in data space, or with
+            `return_trajectory`, `(samples, trajectory)`: the trajectory is
+            `[T, num_samples, *data_shape]`, the initial noise then the state
+            after every step (and after the SDE's last step), its last entry
+            equal to `samples`.
         """
         _check_count("num_samples", num_samples)
         _check_count("num_steps", num_steps)
-        if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not np.isfinite(cfg_scale):
-            raise TypeError(f"`cfg_scale` must be a finite number; got {cfg_scale!r}.")
         ode = sampler in samplers.ODE_METHODS or sampler == "dopri5"
         if not ode and sampler not in ("sde-euler", "sde-heun"):
             raise ValueError(
@@ -396,47 +412,147 @@ class SiT(keras.Model):
             )
         if not (atol > 0 and rtol > 0):
             raise ValueError(f"`atol` and `rtol` must be positive; got {atol!r}, {rtol!r}.")
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"`verbose` must be 0, 1 or 2; got {verbose!r}.")
+        if not isinstance(return_trajectory, bool):
+            raise TypeError(f"`return_trajectory` must be a bool; got {return_trajectory!r}.")
         labels = self._generation_labels(num_samples, labels)
-        if cfg_scale != 1.0 and (labels is None or self.backbone.null_class is None):
-            raise ValueError(
-                "`cfg_scale` != 1 needs labels and a model with a null class (num_classes set and class_dropout_prob > 0)."
-            )
+        self._check_cfg_scale(cfg_scale, labels)
         guidance = self._check_guidance(guidance_channels, guidance_interval)
         if not ode:
             _check_sde_arguments(diffusion, last_step, last_step_size)
         seed = self.sampling_seed_generator if seed is None else keras.random.SeedGenerator(seed)
-        x = keras.random.normal((num_samples, *self.data_shape), seed=seed)
-        noise = None if ode else samplers.draw_sde_noise(num_steps, tuple(x.shape), seed)
+        if noise is None:
+            x = keras.random.normal((num_samples, *self.data_shape), seed=seed)
+        else:
+            check_data(noise, self.data_shape, "noise")
+            if noise.shape[0] != num_samples:
+                raise ValueError(f"`noise` must hold `num_samples`={num_samples} states; got shape {noise.shape}.")
+            x = ops.convert_to_tensor(np.asarray(noise, "float32"))
+        increments = None if ode else samplers.draw_sde_noise(num_steps, tuple(x.shape), seed)
         settings = (sampler, num_steps, float(cfg_scale), *guidance.values(), labels is None,
                     diffusion, float(diffusion_norm), last_step, float(last_step_size), float(atol), float(rtol))
-        if settings not in self._sampling_functions:
-            self._sampling_functions[settings] = backend.compile_inference(self, self._sampling_loop(*settings[:5], *settings[6:]))
-        return ops.convert_to_numpy(self._sampling_functions[settings](x, noise, labels))
+        if not (verbose or return_trajectory):
+            run = self._compiled(settings, "run")
+            return ops.convert_to_numpy(run(x, increments, labels))
+        return self._generate_stepwise(settings, x, increments, labels, verbose, return_trajectory)
 
-    def _sampling_loop(self, sampler, num_steps, cfg_scale, guidance_channels, guidance_interval,
-                       diffusion, norm, last_step, last_step_size, atol, rtol):
-        """`run(x, noise, labels)`: the whole sampling loop, for `backend.compile_inference`."""
+    def encode(self, x, labels=None, num_steps=50, sampler="euler", cfg_scale=1.0, guidance_channels=None,
+               guidance_interval=None, atol=1e-6, rtol=1e-3):
+        """Map data to noise: the probability-flow ODE run from `t = 0` to `t = 1`.
+
+        The inverse of `generate` with an ODE sampler: `generate(len(x),
+        labels, noise=encode(x, labels))` gives back `x` up to solver error.
+        `sampler` is a fixed-step ODE method or `"dopri5"`; other arguments
+        as in `generate`. Returns a NumPy array shaped like `x`.
+        """
+        check_data(x, self.data_shape, "x")
+        _check_count("num_steps", num_steps)
+        if sampler not in samplers.ODE_METHODS and sampler != "dopri5":
+            raise ValueError(f"`sampler` must be one of {sorted(samplers.ODE_METHODS)} or 'dopri5'; got {sampler!r}.")
+        x = ops.convert_to_tensor(np.asarray(x, "float32"))
+        labels = self._generation_labels(x.shape[0], labels)
+        self._check_cfg_scale(cfg_scale, labels)
+        guidance = self._check_guidance(guidance_channels, guidance_interval)
+        settings = (sampler, num_steps, float(cfg_scale), *guidance.values(), labels is None,
+                    None, 1.0, None, 0.0, float(atol), float(rtol))
+        return ops.convert_to_numpy(self._compiled(settings, "encode")(x, labels))
+
+    def _compiled(self, settings, part):
+        """One piece of a sampling loop, compiled once per settings."""
+        key = (part, *settings)
+        if key not in self._sampling_functions:
+            pieces = self._sampling_pieces(*settings[:5], *settings[6:])
+            self._sampling_functions[key] = backend.compile_inference(self, pieces[part])
+        return self._sampling_functions[key]
+
+    def _generate_stepwise(self, settings, x, noise, labels, verbose, return_trajectory):
+        """`generate` one compiled step at a time, for a progress bar or the trajectory."""
+        sampler, num_steps = settings[:2]
+        if sampler == "dopri5" and not return_trajectory:
+            num_steps = 1
+        step, finish = self._compiled(settings, "step"), self._compiled(settings, "finish")
+        progress = keras.utils.Progbar(num_steps, verbose=verbose, stateful_metrics=["nfe"], unit_name="step")
+        trajectory = [ops.convert_to_numpy(x)] if return_trajectory else None
+        nfe = 0
+        segments = ops.convert_to_tensor(num_steps, "int32")
+        for i in range(num_steps):
+            z = None if noise is None else noise[i]
+            x, calls = step(x, z, labels, ops.convert_to_tensor(i, "int32"), segments)
+            nfe += int(ops.convert_to_numpy(calls))
+            if return_trajectory:
+                trajectory.append(ops.convert_to_numpy(x))
+            progress.update(i + 1, values=[("nfe", nfe)])
+        if noise is not None and settings[8] is not None:  # the SDE's last step
+            x = finish(x, labels)
+            if return_trajectory:
+                trajectory.append(ops.convert_to_numpy(x))
+        samples = ops.convert_to_numpy(x)
+        return (samples, np.stack(trajectory)) if return_trajectory else samples
+
+    def _sampling_pieces(self, sampler, num_steps, cfg_scale, guidance_channels, guidance_interval,
+                         diffusion, norm, last_step, last_step_size, atol, rtol):
+        """Pure functions for `backend.compile_inference`:
+
+        `run(x, noise, labels)`: the whole loop; `step(x, z, labels, i, n)`:
+        step `i` of the grid, or for dopri5 segment `i` of `n`, returning
+        `(x, nfe)`; `finish(x, labels)`: the SDE's last step.
+        """
         transport = self.transport
+        lo, hi = transport.interval(transport.sample_eps)
+        ode = sampler == "dopri5" or sampler in samplers.ODE_METHODS
+
+        def output(x, t, labels):
+            return self.guided_output(x, t, labels, cfg_scale, guidance_channels, guidance_interval)
+
+        def drift(labels):
+            return lambda x, t: transport.to_velocity(output(x, t, labels), x, t)
+
+        def sde(labels):
+            return self._sde_parts(lambda x, t: output(x, t, labels), sampler[4:], diffusion, norm, last_step,
+                                   last_step_size)
 
         def run(x, noise, labels):
-            def output(x, t):
-                return self.guided_output(x, t, labels, cfg_scale, guidance_channels, guidance_interval)
-
-            lo, hi = transport.interval(transport.sample_eps)
-            drift = lambda x, t: transport.to_velocity(output(x, t), x, t)  # noqa: E731
             if sampler == "dopri5":
-                return samplers.dopri5(drift, x, hi, lo, atol, rtol)[0]
-            if sampler in samplers.ODE_METHODS:
-                return samplers.integrate_ode(drift, x, num_steps, sampler, hi, lo)
-            return self._sample_sde(x, noise, output, sampler[4:], diffusion, norm, last_step, last_step_size)
+                return samplers.dopri5(drift(labels), x, hi, lo, atol, rtol)[0]
+            if ode:
+                return samplers.integrate_ode(drift(labels), x, num_steps, sampler, hi, lo)
+            parts = sde(labels)
+            x = samplers.integrate_sde(parts["velocity_and_score"], x, noise, parts["hi"], parts["lo"], parts["w"],
+                                       sampler[4:])
+            return parts["finish"](x)
 
-        return run
+        def step(x, z, labels, i, n):
+            if sampler == "dopri5":
+                width = (hi - lo) / ops.cast(n, "float32")
+                t0 = hi - ops.cast(i, "float32") * width
+                return samplers.dopri5(drift(labels), x, t0, t0 - width, atol, rtol, direction=-1.0)
+            if ode:
+                x = samplers.ode_step(drift(labels), x, i, num_steps, sampler, hi, lo)
+                return x, ops.convert_to_tensor(samplers.ode_nfe(sampler, 1), "int32")
+            parts = sde(labels)
+            x = samplers.sde_step(parts["velocity_and_score"], x, z, i, num_steps, parts["hi"], parts["lo"], parts["w"],
+                                  sampler[4:])
+            return x, ops.convert_to_tensor(2 if sampler == "sde-heun" else 1, "int32")
 
-    def _sample_sde(self, x, noise, output, method, diffusion, norm, last_step, last_step_size):
+        def finish(x, labels):
+            return sde(labels)["finish"](x)
+
+        def encode(x, labels):
+            if sampler == "dopri5":
+                return samplers.dopri5(drift(labels), x, hi, lo, atol, rtol, reverse=True)[0]
+            return samplers.integrate_ode(drift(labels), x, num_steps, sampler, hi, lo, reverse=True)
+
+        return {"run": run, "step": step, "finish": finish, "encode": encode}
+
+    def _sde_parts(self, output, method, diffusion, norm, last_step, last_step_size):
+        """The SDE solve's interval, `w(t)`, `(v, s)` from one call, and last step."""
         transport = self.transport
         eps = transport.sample_eps
-        if diffusion == "SBDM" and not transport.is_vp and eps == 0.0:
-            eps = 1e-3  # w = D(t) is infinite at t = 1 on linear/cosine (upstream samples NaN there)
+        if eps == 0.0 and not transport.is_vp:
+            # On linear/cosine the score is infinite at t = 0 and SBDM's w = D(t) at
+            # t = 1 (upstream samples NaN there): stop short of both ends.
+            eps = 1e-3
         hi = 1.0 if transport.is_vp or (diffusion != "SBDM" and self.prediction == "velocity") else 1.0 - eps
         h_last = last_step_size if last_step is not None else 0.0
         lo = h_last if h_last > 0 else eps
@@ -448,9 +564,11 @@ class SiT(keras.Model):
         def w(t):
             return samplers.diffusion_coefficient(diffusion, t, transport, norm)
 
-        x = samplers.integrate_sde(velocity_and_score, x, noise, hi, lo, w, method)
-        t_last = lo * ops.ones((x.shape[0],), x.dtype)
-        return samplers.sde_last_step(last_step, velocity_and_score, x, t_last, h_last, w, transport.path)
+        def finish(x):
+            t_last = lo * ops.ones((x.shape[0],), x.dtype)
+            return samplers.sde_last_step(last_step, velocity_and_score, x, t_last, h_last, w, transport.path)
+
+        return {"hi": hi, "lo": lo, "w": w, "velocity_and_score": velocity_and_score, "finish": finish}
 
     def log_likelihood(self, x, labels=None, num_steps=50, sampler="rk4", divergence="auto", probe="rademacher",
                        num_probes=1, seed=None):
@@ -501,6 +619,14 @@ class SiT(keras.Model):
             self._sampling_functions[key] = backend.compile_inference(self, run)
         log_p = ops.convert_to_numpy(self._sampling_functions[key](x, labels, probes))
         return log_p, -log_p / (dim * np.log(2.0))
+
+    def _check_cfg_scale(self, cfg_scale, labels):
+        if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not np.isfinite(cfg_scale):
+            raise TypeError(f"`cfg_scale` must be a finite number; got {cfg_scale!r}.")
+        if cfg_scale != 1.0 and (labels is None or self.backbone.null_class is None):
+            raise ValueError(
+                "`cfg_scale` != 1 needs labels and a model with a null class (num_classes set and class_dropout_prob > 0)."
+            )
 
     def _check_guidance(self, guidance_channels, guidance_interval):
         if guidance_channels is not None:

@@ -62,29 +62,41 @@ def ode_nfe(method, num_steps):
     return ODE_METHODS[method][1] * num_steps
 
 
-def integrate_ode(drift, x, num_steps, method="euler", t_start=1.0, t_end=0.0):
+def _ode_interval(t_start, t_end, reverse):
+    return (t_end, t_start) if reverse else (t_start, t_end)
+
+
+def ode_step(drift, x, i, num_steps, method="euler", t_start=1.0, t_end=0.0):
+    """Step `i` (an int or int tensor) of `integrate_ode`'s grid.
+
+    Exposed so that a caller can run the same grid one compiled step at a
+    time, e.g. to show progress or keep the trajectory.
+    """
+    step, _ = ODE_METHODS[method]
+    h = (t_end - t_start) / num_steps
+    t = _time_vector(t_start + ops.cast(i, "float32") * h, x)
+    return step(drift, x, t, h)
+
+
+def integrate_ode(drift, x, num_steps, method="euler", t_start=1.0, t_end=0.0, reverse=False):
     """Fixed-step solve of `dx/dt = drift(x, t)` from `t_start` to `t_end`.
 
     `method` is one of `ODE_METHODS` ("euler", "midpoint", "heun", "rk4");
-    the cost is `ode_nfe(method, num_steps)` drift evaluations.
+    the cost is `ode_nfe(method, num_steps)` drift evaluations. `reverse=True`
+    runs from `t_end` to `t_start` instead: with the defaults, data to noise
+    (encoding).
     """
     if method not in ODE_METHODS:
         raise ValueError(f"`method` must be one of {sorted(ODE_METHODS)}; got {method!r}.")
     _check_steps(num_steps)
-    step, _ = ODE_METHODS[method]
-    h = (t_end - t_start) / num_steps
+    t_start, t_end = _ode_interval(t_start, t_end, reverse)
     x = ops.convert_to_tensor(x)
-
-    def body(i, x):
-        t = _time_vector(t_start + ops.cast(i, "float32") * h, x)
-        return step(drift, x, t, h)
-
-    return ops.fori_loop(0, num_steps, body, x)
+    return ops.fori_loop(0, num_steps, lambda i, x: ode_step(drift, x, i, num_steps, method, t_start, t_end), x)
 
 
-def euler(drift, x, num_steps, t_start=1.0, t_end=0.0):
+def euler(drift, x, num_steps, t_start=1.0, t_end=0.0, reverse=False):
     """Fixed-step Euler; see `integrate_ode`."""
-    return integrate_ode(drift, x, num_steps, "euler", t_start, t_end)
+    return integrate_ode(drift, x, num_steps, "euler", t_start, t_end, reverse)
 
 
 # Dormand-Prince 5(4) tableau: nodes, stage weights, 5th-order weights, 5th-minus-4th weights.
@@ -101,7 +113,8 @@ _DOPRI_A = (
 _DOPRI_ERROR = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
 
 
-def dopri5(drift, x, t_start=1.0, t_end=0.0, atol=1e-6, rtol=1e-3, first_step=0.05, max_steps=1000):
+def dopri5(drift, x, t_start=1.0, t_end=0.0, atol=1e-6, rtol=1e-3, first_step=0.05, max_steps=1000, reverse=False,
+           direction=None):
     """Adaptive Dormand-Prince 5(4) from `t_start` to `t_end`.
 
     Each example has its own time and step size (upstream shares one
@@ -110,10 +123,16 @@ def dopri5(drift, x, t_start=1.0, t_end=0.0, atol=1e-6, rtol=1e-3, first_step=0.
     arrived stand still. The error norm is the RMS over an example of
     `err / (atol + rtol * max(|x|, |x_new|))`; a step is accepted when it is
     at most 1. Returns `(x, nfe)`, `nfe` the drift evaluations (7 per
-    attempt, batched).
+    attempt, batched). `reverse=True` swaps `t_start` and `t_end`. The ends
+    may be scalar tensors (one compilation for many intervals) if `direction`
+    (+1 forward, -1 backward in time) is given.
     """
+    t_start, t_end = _ode_interval(t_start, t_end, reverse)
     x = ops.convert_to_tensor(x)
-    direction = 1.0 if t_end > t_start else -1.0
+    if direction is None:
+        direction = 1.0 if t_end > t_start else -1.0
+    elif reverse:
+        direction = -direction
     batch = ops.shape(x)[0]
     expand = (-1,) + (1,) * (len(x.shape) - 1)
     t = _time_vector(t_start, x)
@@ -240,28 +259,34 @@ def integrate_sde(velocity_and_score, x, noise, t_start, t_end, diffusion, metho
     """
     if method not in SDE_METHODS:
         raise ValueError(f"`method` must be one of {SDE_METHODS}; got {method!r}.")
-    num_steps = noise.shape[0]
-    h = (t_start - t_end) / num_steps
     x, noise = ops.convert_to_tensor(x), ops.convert_to_tensor(noise)
+    num_steps = noise.shape[0]
 
-    def spread(t, x):
+    def body(i, x):
+        return sde_step(velocity_and_score, x, noise[i], i, num_steps, t_start, t_end, diffusion, method)
+
+    return ops.fori_loop(0, num_steps, body, x)
+
+
+def sde_step(velocity_and_score, x, z, i, num_steps, t_start, t_end, diffusion, method="euler"):
+    """Step `i` of `integrate_sde`'s grid with the Gaussian increment `z`."""
+    h = (t_start - t_end) / num_steps
+    t = _time_vector(t_start - ops.cast(i, "float32") * h, x)
+
+    def spread(t):
         return ops.reshape(diffusion(t), (-1,) + (1,) * (len(x.shape) - 1))
 
     def denoising_drift(x, t):
         v, s = velocity_and_score(x, t)
-        return spread(t, x) * s - v
+        return spread(t) * s - v
 
-    def body(i, x):
-        t = _time_vector(t_start - ops.cast(i, "float32") * h, x)
-        kick = ops.sqrt(2.0 * spread(t, x) * h) * ops.cast(noise[i], x.dtype)
-        if method == "euler":
-            return x + h * denoising_drift(x, t) + kick
-        x_hat = x + kick
-        k1 = denoising_drift(x_hat, t)
-        k2 = denoising_drift(x_hat + h * k1, t - h)
-        return x_hat + 0.5 * h * (k1 + k2)
-
-    return ops.fori_loop(0, num_steps, body, x)
+    kick = ops.sqrt(2.0 * spread(t) * h) * ops.cast(z, x.dtype)
+    if method == "euler":
+        return x + h * denoising_drift(x, t) + kick
+    x_hat = x + kick
+    k1 = denoising_drift(x_hat, t)
+    k2 = denoising_drift(x_hat + h * k1, t - h)
+    return x_hat + 0.5 * h * (k1 + k2)
 
 
 def sde_last_step(kind, velocity_and_score, x, t, h, diffusion, path):

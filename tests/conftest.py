@@ -14,6 +14,12 @@ def tiny_sit(**overrides):
     return keras_sit.SiT(**config)
 
 
+def randomize(model, rng, scale=0.2):
+    """Random backbone weights, so the network's output is far from its zero init."""
+    for variable in model.backbone.trainable_weights:
+        variable.assign(rng.normal(0, scale, size=variable.shape).astype("float32"))
+
+
 def to_numpy(x):
     return keras.ops.convert_to_numpy(x)
 

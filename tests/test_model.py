@@ -6,7 +6,7 @@ import pytest
 
 import keras_sit
 from keras_sit import SiT, samplers
-from tests.conftest import fit_losses, tiny_sit, to_numpy
+from tests.conftest import fit_losses, randomize, tiny_sit, to_numpy
 
 
 @pytest.fixture
@@ -17,11 +17,6 @@ def images(rng):
 @pytest.fixture
 def labels(rng):
     return rng.integers(0, 3, 16).astype("int32")
-
-
-def randomize(model, rng, scale=0.2):
-    for variable in model.backbone.trainable_weights:
-        variable.assign(rng.normal(0, scale, size=variable.shape).astype("float32"))
 
 
 # --- fit ----------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 from keras_sit import samplers
 from keras_sit.paths import CosinePath, LinearPath
 from keras_sit.transport import Transport
-from tests.conftest import tiny_sit, to_numpy
+from tests.conftest import randomize, tiny_sit, to_numpy
 from tests.gaussian import Gaussian
 
 MU, S = [1.0, -2.0], [0.5, 1.5]
@@ -47,6 +47,8 @@ def test_reverse_ode_encodes_data_to_noise(rng):
     x = gaussian.transport_map(z).astype("float32")
     encoded = to_numpy(samplers.integrate_ode(exact_drift(gaussian), x, 32, "rk4", t_start=0.0, t_end=1.0))
     np.testing.assert_allclose(encoded, z, atol=1e-3)
+    reversed_ = to_numpy(samplers.integrate_ode(exact_drift(gaussian), x, 32, "rk4", reverse=True))
+    np.testing.assert_allclose(reversed_, encoded, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["euler", "heun"])
@@ -90,18 +92,61 @@ def test_diffusion_forms_in_our_time():
 @pytest.mark.parametrize("sampler", ["euler", "heun", "midpoint", "rk4", "dopri5", "sde-euler", "sde-heun"])
 def test_generate_with_every_sampler(sampler, rng):
     model = tiny_sit(num_classes=3)
-    for variable in model.backbone.trainable_weights:
-        variable.assign(rng.normal(0, 0.2, size=variable.shape).astype("float32"))
-    samples = model.generate(4, labels=[0, 1, 2, 0], num_steps=4, cfg_scale=2.0, sampler=sampler, seed=0)
+    randomize(model, rng)
+    samples = model.generate(4, labels=[0, 1, 2, 0], num_steps=4, cfg_scale=2.0, sampler=sampler, seed=0, atol=1e-3, rtol=1e-2)
     assert samples.shape == (4, 4, 4, 2) and np.all(np.isfinite(samples))
+
+
+@pytest.mark.parametrize("sampler, extra", [("euler", 0), ("heun", 0), ("sde-euler", 1), ("sde-heun", 0)])
+def test_trajectory_and_progress_bar_follow_the_compiled_loop(sampler, extra, rng, capsys):
+    """Step-by-step generation (for `verbose`/`return_trajectory`) walks the same grid as the one-call loop."""
+    model = tiny_sit(num_classes=3)
+    randomize(model, rng)
+    options = dict(labels=[0, 1, 2], num_steps=4, cfg_scale=2.0, sampler=sampler, seed=3)
+    if sampler == "sde-heun":
+        options["last_step"] = None
+    samples = model.generate(3, **options)
+    stepped, trajectory = model.generate(3, **options, return_trajectory=True, verbose=1)
+    assert trajectory.shape == (4 + 1 + extra, 3, 4, 4, 2)
+    np.testing.assert_allclose(stepped, samples, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(trajectory[-1], stepped)
+    nfe = 4 * (2 if sampler.endswith("heun") else 1)
+    assert f"nfe: {nfe}" in capsys.readouterr().out
+    if not sampler.startswith("sde"):  # an ODE is fixed by its initial noise
+        again = model.generate(3, **{**options, "seed": None}, noise=trajectory[0])
+        np.testing.assert_allclose(again, samples, rtol=1e-5, atol=1e-5)
+
+
+def test_dopri5_trajectory_solves_equal_segments(rng):
+    model = tiny_sit()
+    randomize(model, rng, scale=0.05)  # a smooth field, on which dopri5 converges in few steps
+    tight = dict(sampler="dopri5", seed=1, atol=1e-5, rtol=1e-5)
+    samples = model.generate(3, **tight)
+    stepped, trajectory = model.generate(3, num_steps=5, return_trajectory=True, **tight)
+    assert trajectory.shape == (6, 3, 4, 4, 2)
+    np.testing.assert_allclose(stepped, samples, atol=3e-3)  # both within tolerance of the solution
+
+
+def test_encode_then_generate_round_trips(rng):
+    model = tiny_sit(num_classes=3)
+    randomize(model, rng, scale=0.05)
+    x = rng.normal(size=(3, 4, 4, 2)).astype("float32")
+    labels = np.array([0, 2, 1])
+    noise = model.encode(x, labels, num_steps=20, sampler="rk4")
+    assert np.abs(noise - x).max() > 0.1  # the model's field moved it
+    back = model.generate(3, labels, num_steps=20, sampler="rk4", noise=noise)
+    np.testing.assert_allclose(back, x, atol=1e-4)
+    with pytest.raises(ValueError, match="`sampler` must be one of"):
+        model.encode(x, labels, sampler="sde-euler")
+    with pytest.raises(ValueError, match="`noise` must hold `num_samples`=2"):
+        model.generate(2, [0, 1], noise=noise)
 
 
 @pytest.mark.parametrize("path", ["linear", "cosine", "vp"])
 def test_sbdm_with_velocity_model_stays_finite(path, rng):
     """Upstream starts SBDM at t where D is infinite and samples NaN; we keep away from it."""
     model = tiny_sit(path=path)
-    for variable in model.backbone.trainable_weights:
-        variable.assign(rng.normal(0, 0.2, size=variable.shape).astype("float32"))
+    randomize(model, rng)
     for last_step in (None, "mean", "tweedie", "euler"):
         samples = model.generate(4, num_steps=5, sampler="sde-euler", diffusion="SBDM", last_step=last_step, seed=0)
         assert np.all(np.isfinite(samples)), last_step
@@ -109,8 +154,7 @@ def test_sbdm_with_velocity_model_stays_finite(path, rng):
 
 def test_guidance_channels_and_interval(rng):
     model = tiny_sit(num_classes=3)
-    for variable in model.backbone.trainable_weights:
-        variable.assign(rng.normal(0, 0.2, size=variable.shape).astype("float32"))
+    randomize(model, rng)
     x = rng.normal(size=(2, 4, 4, 2)).astype("float32")
     t = np.array([0.2, 0.7], "float32")
     y = np.array([1, 2], "int32")
@@ -153,6 +197,8 @@ def test_dopri5_reverse_and_per_example_steps(rng):
     np.testing.assert_allclose(to_numpy(encoded), z, atol=1e-3)
     alone, _ = samplers.dopri5(exact_drift(gaussian), x[:1], t_start=0.0, t_end=1.0, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(to_numpy(alone), to_numpy(encoded)[:1], rtol=1e-6)
+    reversed_, _ = samplers.dopri5(exact_drift(gaussian), x, atol=1e-5, rtol=1e-5, reverse=True)
+    np.testing.assert_allclose(to_numpy(reversed_), to_numpy(encoded), rtol=1e-6)
 
 
 def gaussian_log_density(x):
