@@ -25,6 +25,6 @@ from keras_sit.model import SiT
 from keras_sit.paths import CosinePath, LinearPath, Path, VPPath, get_path
 from keras_sit.presets import PRESETS, parameter_count
 from keras_sit.transport import Transport
-from keras_sit import samplers
+from keras_sit import distribution, samplers
 
 __version__ = "0.1.0"
