@@ -144,9 +144,20 @@ class Transport:
             return -b * output
         return (a * output - da * x) / (a * db - da * b)
 
-    def to_velocity(self, output, x, t):
-        """Velocity (the probability-flow ODE drift) from the network `output`."""
+    def to_velocity(self, output, x, t, clip_data=None):
+        """Velocity (the probability-flow ODE drift) from the network `output`.
+
+        `clip_data=(lo, hi)` recombines `a' clip(x_hat) + b' eps_hat` from a
+        clean-data estimate clipped to the data's range. Noise and score
+        predictions need it on paths with `a(1) = 0`: there
+        `x_hat = (x_t - b eps_hat) / a` multiplies the network's error by
+        `1 / a`, which is 1000 at `t = 0.999`.
+        """
         output, x = _tensors(output, x)
+        if clip_data is not None:
+            _, _, da, db = self._coefficients(x, t)
+            data = ops.clip(self.to_data(output, x, t), *clip_data)
+            return da * data + db * self.to_noise(output, x, t)
         if self.prediction == "velocity":
             return output
         a, b, da, db = self._coefficients(x, t)
@@ -161,9 +172,15 @@ class Transport:
         return -self.to_noise(output, x, t) / b
 
     def to_data(self, output, x, t):
-        """Clean-data (Tweedie) estimate `(x_t - b eps) / a`."""
+        """Clean-data (Tweedie) estimate `(x_t - b eps) / a`.
+
+        From a velocity it is `(b' x_t - b v) / (a b' - a' b)`, which stays
+        finite at `a = 0`.
+        """
         output, x = _tensors(output, x)
-        a, b, _, _ = self._coefficients(x, t)
+        a, b, da, db = self._coefficients(x, t)
+        if self.prediction == "velocity":
+            return (db * x - b * output) / (a * db - da * b)
         return (x - b * self.to_noise(output, x, t)) / a
 
     def get_config(self):

@@ -59,6 +59,25 @@ def test_conversions_recover_exact_fields(name, prediction, rng):
     np.testing.assert_allclose(to_numpy(transport.to_score(output, x, t)), to_numpy(gaussian.score(x, t)), **tol)
     np.testing.assert_allclose(to_numpy(transport.to_noise(output, x, t)), to_numpy(gaussian.noise(x, t)), **tol)
     np.testing.assert_allclose(to_numpy(transport.to_data(output, x, t)), to_numpy(gaussian.posterior(x, t)[0]), **tol)
+    # A range that holds every clean-data estimate changes nothing; a narrow one clips it.
+    wide = transport.to_velocity(output, x, t, clip_data=(-1e3, 1e3))
+    np.testing.assert_allclose(to_numpy(wide), to_numpy(gaussian.velocity(x, t)), **tol)
+    _, _, da, db = (to_numpy(f(t))[:, None] for f in (PATHS[name].alpha, PATHS[name].beta, PATHS[name].d_alpha,
+                                                      PATHS[name].d_beta))
+    clipped = np.clip(to_numpy(gaussian.posterior(x, t)[0]), 0.0, 0.5)
+    expected = da * clipped + db * to_numpy(gaussian.noise(x, t))
+    np.testing.assert_allclose(to_numpy(transport.to_velocity(output, x, t, clip_data=(0.0, 0.5))), expected, **tol)
+
+
+def test_clipping_bounds_the_noise_models_velocity_near_pure_noise():
+    """At t = 0.999 on the linear path a noise error of 0.1 becomes a data error of ~100; clipping bounds it."""
+    transport = Transport("linear", "noise")
+    x = np.ones((1, 2), "float32")
+    t = np.full(1, 0.999, "float32")
+    wrong_noise = x + 0.1  # the exact noise at t -> 1 is ~x_t
+    assert np.abs(to_numpy(transport.to_velocity(wrong_noise, x, t))).max() > 50
+    velocity = to_numpy(transport.to_velocity(wrong_noise, x, t, clip_data=(-1.0, 1.0)))
+    np.testing.assert_allclose(velocity, 1.1 - (-1.0), rtol=1e-5)  # v = -x_hat + eps with x_hat clipped to -1
 
 
 def test_targets_and_weights(rng):

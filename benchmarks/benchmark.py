@@ -1,0 +1,360 @@
+"""Training and sampling speed of a SiT preset, as a fraction of the measured matmul peak.
+
+    KERAS_BACKEND=jax python benchmarks/benchmark.py                      # SiT-S/2, 32x32x4, batch 16
+    python benchmarks/benchmark.py --backends jax,tensorflow,torch        # one process each, one table
+    python benchmarks/benchmark.py --preset SiT-XL/2 --batch-size 64 --precision bfloat16 --json out.json
+
+Reports, after warm-up: training images/s (compile time apart), sampling
+images/s for a sampler and step count with its NFE, the achieved FLOP/s from
+an analytic count (multiply-adds x 2; training = 3 x forward), that FLOP/s as a
+fraction of the peak `matmul` FLOP/s measured here with the same backend and
+precision, and peak memory. A benchmark, not a test: run it on a quiet machine.
+"""
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", help="comma-separated: run each in its own process and print one table")
+    parser.add_argument("--preset", default="SiT-S/2")
+    parser.add_argument("--input-shape", default="32,32,4", help="H,W,C")
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                        help="bfloat16 runs the `mixed_bfloat16` policy (float32 variables)")
+    parser.add_argument("--train-steps", type=int, default=10, help="timed steps after warm-up")
+    parser.add_argument("--warmup-steps", type=int, default=2)
+    parser.add_argument("--sampler", default="euler")
+    parser.add_argument("--sampling-steps", type=int, default=50)
+    parser.add_argument("--sampling-batch-size", type=int, help="default: --batch-size")
+    parser.add_argument("--cfg-scale", type=float, default=1.0)
+    parser.add_argument("--skip-sampling", action="store_true")
+    parser.add_argument("--jit-compile", default="auto", help="'auto', 'true' or 'false' (torch: true = torch.compile)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time the forward pass of each part of a block (compiled alone) against its FLOPs")
+    parser.add_argument("--json", help="write the results here")
+    return parser.parse_args(argv)
+
+
+# --- FLOP count -----------------------------------------------------------------------------
+
+
+def forward_flops(config, batch_size):
+    """Multiply-adds x 2 of one forward pass of the backbone (the matmuls; elementwise work is ignored)."""
+    height, width, channels = config["input_shape"]
+    p, d, depth = config["patch_size"], config["hidden_size"], config["depth"]
+    mlp = int(d * config.get("mlp_ratio", 4.0))
+    tokens = (height // p) * (width // p)
+    out_channels = channels * (2 if config.get("learn_sigma") else 1)
+    per_block = (
+        tokens * d * 3 * d  # qkv
+        + 2 * tokens * tokens * d  # q k^T and attention x v
+        + tokens * d * d  # attention output projection
+        + 2 * tokens * d * mlp  # MLP
+        + d * 6 * d  # adaLN modulation (per example)
+    )
+    macs = (
+        depth * per_block
+        + tokens * p * p * channels * d  # patch embedding
+        + 256 * d + d * d  # timestep MLP
+        + d * 2 * d + tokens * d * p * p * out_channels  # final adaLN and projection
+    )
+    return 2 * macs * batch_size
+
+
+# --- measurements ---------------------------------------------------------------------------
+
+
+def peak_memory_bytes():
+    """Peak resident memory of this process (CPU), or the accelerator's peak allocation."""
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            stats = jax.devices()[0].memory_stats()
+            if stats and "peak_bytes_in_use" in stats:
+                return stats["peak_bytes_in_use"], "device"
+        elif backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return torch.cuda.max_memory_allocated(), "device"
+        elif backend == "tensorflow":
+            import tensorflow as tf
+
+            if tf.config.list_physical_devices("GPU"):
+                return tf.config.experimental.get_memory_info("GPU:0")["peak"], "device"
+    except Exception:  # memory statistics are best effort  # noqa: BLE001
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host RSS"
+
+
+def matmul_peak(dtype, size=2048, repeats=10):
+    """Best FLOP/s of a square `size` matmul with this backend's native compiled matmul."""
+    import keras
+
+    backend = keras.backend.backend()
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size)).astype("float32") for _ in range(2))
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        a, b = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+        f = jax.jit(jnp.matmul)
+        run = lambda: f(a, b).block_until_ready()  # noqa: E731
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        a, b = tf.cast(a, dtype), tf.cast(b, dtype)
+        f = tf.function(tf.matmul, jit_compile=False)
+        run = lambda: f(a, b).numpy()  # noqa: E731
+    else:
+        import torch
+
+        a, b = (torch.as_tensor(m).to(getattr(torch, dtype)) for m in (a, b))
+        if torch.cuda.is_available():
+            a, b = a.cuda(), b.cuda()
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+        def run():
+            with torch.no_grad():
+                torch.matmul(a, b)
+            sync()
+
+    run()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def benchmark(args):
+    import keras
+
+    import keras_sit
+
+    backend = keras.backend.backend()
+    if args.precision == "bfloat16":
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    shape = tuple(int(v) for v in args.input_shape.split(","))
+    model = keras_sit.SiT.from_preset(args.preset, input_shape=shape, num_classes=args.num_classes, seed=0)
+    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile.lower()]
+    model.compile(jit_compile=jit)
+    config = model.get_config()
+    rng = np.random.default_rng(0)
+    batch = args.batch_size
+    x = rng.standard_normal((batch, *shape)).astype("float32")
+    labels = rng.integers(0, args.num_classes, size=batch).astype("int32")
+
+    start = time.perf_counter()
+    model.train_on_batch(x, labels)  # builds and compiles the step
+    compile_s = time.perf_counter() - start
+    for _ in range(args.warmup_steps - 1):
+        model.train_on_batch(x, labels)
+    start = time.perf_counter()
+    for _ in range(args.train_steps):
+        loss = model.train_on_batch(x, labels)  # returns a NumPy float: the step has finished
+    step_s = (time.perf_counter() - start) / args.train_steps
+    if not np.isfinite(loss):
+        raise RuntimeError(f"training loss is {loss}")
+
+    peak = matmul_peak(args.precision)
+    train_flops = 3 * forward_flops(config, batch) / step_s
+    result = {
+        "backend": backend,
+        "preset": args.preset,
+        "input_shape": list(shape),
+        "num_classes": args.num_classes,
+        "batch_size": batch,
+        "precision": args.precision,
+        "parameters": model.count_params(),
+        "forward_gflop_per_image": forward_flops(config, 1) / 1e9,
+        "matmul_peak_gflops": peak / 1e9,
+        "train_compile_s": compile_s,
+        "train_step_s": step_s,
+        "train_images_per_s": batch / step_s,
+        "train_gflops": train_flops / 1e9,
+        "train_fraction_of_peak": train_flops / peak,
+    }
+    if not args.skip_sampling:
+        sampling_batch = args.sampling_batch_size or batch
+        sample_labels = labels[:sampling_batch] if sampling_batch <= batch else rng.integers(0, args.num_classes, sampling_batch)
+        options = dict(labels=sample_labels, num_steps=args.sampling_steps, sampler=args.sampler, cfg_scale=args.cfg_scale)
+        start = time.perf_counter()
+        model.generate(sampling_batch, seed=0, **options)  # compiles the loop
+        first_s = time.perf_counter() - start
+        start = time.perf_counter()
+        model.generate(sampling_batch, seed=1, **options)
+        sample_s = time.perf_counter() - start
+        nfe = keras_sit.samplers.ode_nfe(args.sampler, args.sampling_steps) if args.sampler in keras_sit.samplers.ODE_METHODS else None
+        guided = 2 if args.cfg_scale != 1.0 else 1
+        result.update(
+            sampler=args.sampler,
+            sampling_steps=args.sampling_steps,
+            sampling_batch_size=sampling_batch,
+            nfe=nfe,
+            sample_compile_s=max(first_s - sample_s, 0.0),
+            sample_s=sample_s,
+            sample_images_per_s=sampling_batch / sample_s,
+        )
+        if nfe is not None:
+            sample_flops = nfe * forward_flops(config, guided * sampling_batch) / sample_s
+            forward_s = time_forward(model, guided * sampling_batch, shape, args.num_classes)
+            result.update(
+                sample_gflops=sample_flops / 1e9,
+                sample_fraction_of_peak=sample_flops / peak,
+                forward_s=forward_s,
+                sampling_overhead_per_step=(sample_s / nfe - forward_s) / forward_s,
+            )
+    if args.profile:
+        result["profile"] = profile_block(model, batch, peak)
+    memory, where = peak_memory_bytes()
+    result.update(peak_memory_gib=memory / 2**30, memory_measured=where)
+    return result
+
+
+def time_forward(model, batch, shape, num_classes, repeats=5):
+    """Seconds of one compiled network evaluation, the unit of a sampler's per-step cost."""
+    from keras import ops
+
+    from keras_sit import backend
+
+    rng = np.random.default_rng(1)
+    x = ops.convert_to_tensor(rng.standard_normal((batch, *shape)).astype("float32"))
+    t = ops.convert_to_tensor(rng.uniform(size=batch).astype("float32"))
+    labels = ops.convert_to_tensor(rng.integers(0, num_classes, batch).astype("int32"))
+    forward = backend.compile_inference(model, lambda x, t, labels: model.guided_output(x, t, labels))
+    ops.convert_to_numpy(forward(x, t, labels))
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ops.convert_to_numpy(forward(x, t, labels))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def profile_block(model, batch, peak, repeats=5):
+    """Forward time of each part of the first block, each compiled alone, with its share of peak.
+
+    Shows where a step's time goes: matmul-heavy parts should run near the
+    matmul peak; the rest (norms, modulation, reshapes) is pure overhead.
+    """
+    from keras import ops
+
+    from keras_sit import backend
+
+    block = model.backbone.blocks[0] if hasattr(model.backbone, "blocks") else None
+    if block is None:
+        block = next(layer for layer in model.backbone.layers if layer.__class__.__name__ == "SiTBlock")
+    config = model.get_config()
+    height, width, _ = config["input_shape"]
+    p, d = config["patch_size"], config["hidden_size"]
+    tokens, mlp = (height // p) * (width // p), int(d * config.get("mlp_ratio", 4.0))
+    rng = np.random.default_rng(0)
+    x = ops.convert_to_tensor(rng.standard_normal((batch, tokens, d)).astype("float32"))
+    c = ops.convert_to_tensor(rng.standard_normal((batch, d)).astype("float32"))
+    from keras_sit.layers import modulate
+
+    shift = scale = c
+    parts = [
+        ("block", block, lambda x, c: block(x, c), 2 * batch * (4 * tokens * d * d + 2 * tokens * tokens * d
+                                                                 + 2 * tokens * d * mlp + 6 * d * d)),
+        ("attention", block.attn, lambda x, c: block.attn(x), 2 * batch * (4 * tokens * d * d + 2 * tokens * tokens * d)),
+        ("mlp", block.mlp, lambda x, c: block.mlp(x), 2 * batch * 2 * tokens * d * mlp),
+        ("norm+modulate", block.norm1, lambda x, c: modulate(block.norm1(x), shift, scale), 0),
+        ("adaLN", block.adaLN_modulation, lambda x, c: block.adaLN_modulation(ops.silu(c)), 2 * batch * 6 * d * d),
+    ]
+    rows = []
+    for name, layer, fn, flops in parts:
+        compiled = backend.compile_inference(layer, fn)
+        ops.convert_to_numpy(compiled(x, c))
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            ops.convert_to_numpy(compiled(x, c))
+            best = min(best, time.perf_counter() - start)
+        rows.append({"part": name, "ms": 1e3 * best, "gflop": flops / 1e9,
+                     "fraction_of_peak": flops / best / peak if flops else None})
+    print("\nforward of one block, each part compiled alone:")
+    for row in rows:
+        share = f"{row['fraction_of_peak']:.0%}" if row["fraction_of_peak"] is not None else "-"
+        print(f"  {row['part']:>14}  {row['ms']:8.2f} ms  {row['gflop']:7.3f} GFLOP  {share:>5} of peak")
+    return rows
+
+
+# --- reporting ------------------------------------------------------------------------------
+
+COLUMNS = [
+    ("backend", "backend", "{}"),
+    ("train_images_per_s", "train img/s", "{:.2f}"),
+    ("train_fraction_of_peak", "train/peak", "{:.0%}"),
+    ("train_compile_s", "compile s", "{:.1f}"),
+    ("sample_images_per_s", "sample img/s", "{:.2f}"),
+    ("sample_fraction_of_peak", "sample/peak", "{:.0%}"),
+    ("nfe", "NFE", "{}"),
+    ("sampling_overhead_per_step", "step overhead", "{:.1%}"),
+    ("matmul_peak_gflops", "peak GFLOP/s", "{:.1f}"),
+    ("peak_memory_gib", "memory GiB", "{:.2f}"),
+]
+
+
+def table(results):
+    rows = [[header for _, header, _ in COLUMNS]]
+    for result in results:
+        rows.append([fmt.format(result[key]) if result.get(key) is not None else "-" for key, _, fmt in COLUMNS])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows)
+
+
+def run_backends(args):
+    """Each backend in a fresh process (a process holds one Keras backend)."""
+    results = []
+    options = []
+    for key, value in vars(args).items():
+        if key in ("backends", "json") or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        options += [flag] if value is True else [flag, str(value)]
+    for backend in args.backends.split(","):
+        out = f"/tmp/keras_sit_benchmark_{backend}_{os.getpid()}.json"
+        env = {**os.environ, "KERAS_BACKEND": backend}
+        subprocess.run([sys.executable, __file__, *options, "--json", out], env=env, check=True)
+        with open(out) as f:
+            results.append(json.load(f))
+        os.remove(out)
+    return results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.backends:
+        results = run_backends(args)
+    else:
+        results = [benchmark(args)]
+    first = results[0]
+    print(f"\n{first['preset']} {tuple(first['input_shape'])} {first['num_classes']} classes, batch {first['batch_size']}, "
+          f"{first['precision']}, {first['parameters']:,} parameters, {first['forward_gflop_per_image']:.2f} GFLOP/image forward")
+    print(table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results if args.backends else results[0], f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
