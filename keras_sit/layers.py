@@ -183,6 +183,11 @@ class TimestepEmbedding(keras.layers.Layer):
         self.dense_in = keras.layers.Dense(hidden_size, dtype=self.dtype_policy, name="dense_in")
         self.dense_out = keras.layers.Dense(hidden_size, dtype=self.dtype_policy, name="dense_out")
 
+    @property
+    def input_dtype(self):
+        # Keras would cast `t` to the compute dtype (bf16) before `call`.
+        return "float32"
+
     def build(self, input_shape):
         self.dense_in.build((None, self.frequency_size))
         self.dense_out.build((None, self.hidden_size))

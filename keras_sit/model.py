@@ -8,6 +8,7 @@ backbone), and `compute_loss` reduces it. The trainers thread the generator's
 state through the compiled step, so every step draws fresh values.
 """
 
+import contextlib
 import random
 
 import keras
@@ -19,6 +20,8 @@ from keras_sit.backbone import SiTBackbone
 from keras_sit.functions import sit_loss
 from keras_sit.paths import get_path
 from keras_sit.transport import Transport
+
+EMA_DECAY = 0.9999  # the official SiT's EMA decay
 
 
 @keras.saving.register_keras_serializable(package="keras_sit")
@@ -141,15 +144,41 @@ class SiT(keras.Model):
     def data_shape(self):
         return self.backbone.data_shape
 
+    @property
+    def input_dtype(self):
+        # Under a mixed policy Keras would round the data to bf16 before `call`;
+        # the target and the loss are computed from float32 data.
+        return "float32"
+
     # --- Training -----------------------------------------------------------
 
-    def compile(self, optimizer=None, loss=None, jit_compile="auto", **kwargs):
+    def compile(self, optimizer=None, loss=None, jit_compile="auto", use_ema=False, ema_decay=None, **kwargs):
         """Like `keras.Model.compile`; the optimizer defaults to the official
-        AdamW (learning rate 1e-4, no weight decay). The loss is SiT's own."""
+        AdamW (learning rate 1e-4, no weight decay). The loss is SiT's own.
+
+        `use_ema=True` makes the default optimizer keep an exponential moving
+        average of the weights (Keras' `use_ema`, `ema_momentum=ema_decay`,
+        default 0.9999 as the official SiT); `generate`, `encode` and
+        `log_likelihood` then sample with it. A custom optimizer takes these
+        options itself: `AdamW(..., use_ema=True, ema_momentum=0.9999)`.
+        """
         if loss is not None:
             raise ValueError("`loss` must be None: SiT computes its own objective (see `SiT.compute_loss`).")
+        if not isinstance(use_ema, bool):
+            raise TypeError(f"`use_ema` must be a bool; got {use_ema!r}.")
+        if ema_decay is not None and not use_ema:
+            raise ValueError(f"`ema_decay` ({ema_decay!r}) needs `use_ema=True`.")
+        decay = EMA_DECAY if ema_decay is None else ema_decay
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+            raise ValueError(f"`ema_decay` must be a number in [0, 1); got {ema_decay!r}.")
+        if use_ema and optimizer is not None:
+            raise ValueError(
+                "`use_ema` configures the default optimizer only; pass it to your optimizer instead, e.g. "
+                f"`keras.optimizers.AdamW(1e-4, weight_decay=0.0, use_ema=True, ema_momentum={decay})`."
+            )
         if optimizer is None:
-            optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.0)
+            ema = {"use_ema": True, "ema_momentum": float(decay)} if use_ema else {}
+            optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.0, **ema)
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
         # Keras saves the value "auto" resolved to on this backend (True on JAX);
         # keep "auto" so that a model saved under JAX does not switch on
@@ -217,12 +246,21 @@ class SiT(keras.Model):
             self._check_inputs(x, y)
 
     def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
+        """`keras.Model.fit`, except that with an EMA the training weights stay.
+
+        Keras' `fit` ends by overwriting the weights with their EMA
+        (`optimizer.finalize_variable_values`), so a second `fit` would
+        silently restart from the average. SiT keeps the training weights (a
+        second `fit` continues exactly) and the EMA in the optimizer, where
+        `generate` finds it; `apply_ema()` copies it into the weights.
+        """
         self._check_fit_data(x, y)
         if isinstance(validation_data, (tuple, list)) and validation_data:
             self._check_fit_data(validation_data[0], validation_data[1] if len(validation_data) > 1 else None)
         elif validation_data is not None:
             self._check_fit_data(validation_data, None)
-        return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
+        with _keep_training_weights(getattr(self, "optimizer", None)):
+            return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         self._check_fit_data(x, y)
@@ -249,10 +287,15 @@ class SiT(keras.Model):
         return outputs
 
     def network(self, inputs, training=False):
-        """The backbone's prediction in our time convention (see `time_convention`)."""
+        """The backbone's prediction in our time convention (see `time_convention`).
+
+        Always float32: under a mixed policy the backbone runs in bf16, and
+        its output is cast back so that guidance, the conversions and the
+        samplers' state stay in float32.
+        """
         if self.time_convention == "keras_sit":
-            return self.backbone(inputs, training=training)
-        output = self.backbone({**inputs, "t": ops.subtract(1.0, inputs["t"])}, training=training)
+            return ops.cast(self.backbone(inputs, training=training), "float32")
+        output = ops.cast(self.backbone({**inputs, "t": ops.subtract(1.0, inputs["t"])}, training=training), "float32")
         return ops.negative(output) if self.prediction == "velocity" else output
 
     def drop_labels(self, labels):
@@ -287,6 +330,72 @@ class SiT(keras.Model):
 
     def test_step(self, *args):
         return super().test_step(*args[:-1], self._labels_into_x(args[-1]))
+
+    # --- EMA ----------------------------------------------------------------
+
+    def _ema_optimizer(self):
+        optimizer = getattr(self, "optimizer", None)
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's
+        return optimizer if getattr(optimizer, "use_ema", False) else None
+
+    @property
+    def has_ema(self):
+        """Whether the optimizer holds an EMA of the weights (`use_ema` and at least one step)."""
+        optimizer = self._ema_optimizer()
+        return (optimizer is not None and optimizer.built
+                and int(ops.convert_to_numpy(optimizer.iterations)) > 0)
+
+    def _ema_pairs(self, what):
+        if not self.has_ema:
+            raise ValueError(
+                f"{what} needs an EMA of the weights, and this model has none: compile with `use_ema=True` "
+                "(or an optimizer built with `use_ema=True`) and train at least one step."
+            )
+        optimizer = self._ema_optimizer()
+        # Keras keeps the averages in this private list, aligned with the
+        # optimizer's variables (its own `SwapEMAWeights` reads it too).
+        return [(v, a) for v, a in zip(optimizer._trainable_variables, optimizer._model_variables_moving_average)
+                if a is not None]
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Context in which the trainable weights hold their EMA.
+
+        The training weights are copied aside and put back bit for bit on
+        exit. `generate`, `encode` and `log_likelihood` use it by default;
+        use it for anything else that should see the EMA, e.g.
+        `with model.ema_weights(): model.evaluate(x)`.
+        """
+        pairs = self._ema_pairs("`ema_weights()`")
+        with backend.no_grad():
+            saved = [ops.copy(variable.value) for variable, _ in pairs]
+            for variable, average in pairs:
+                variable.assign(average)
+        try:
+            yield
+        finally:
+            with backend.no_grad():
+                for (variable, _), value in zip(pairs, saved):
+                    variable.assign(value)
+
+    def apply_ema(self):
+        """Overwrite the training weights with their EMA, for good.
+
+        What Keras' `fit` does at its end (SiT's `fit` does not, see `fit`):
+        e.g. before exporting the weights, or to keep training from the EMA.
+        """
+        with backend.no_grad():
+            for variable, average in self._ema_pairs("`apply_ema()`"):
+                variable.assign(average)
+
+    def _sampling_weights(self, use_ema):
+        """The weights to sample with: `use_ema` None means the EMA if there is one."""
+        if use_ema is not None and not isinstance(use_ema, bool):
+            raise TypeError(f"`use_ema` must be None, True or False; got {use_ema!r}.")
+        if use_ema is False or (use_ema is None and not self.has_ema):
+            return contextlib.nullcontext()
+        self._ema_pairs("`use_ema=True`")  # raise now, not after drawing noise
+        return self.ema_weights()
 
     # --- Sampling -----------------------------------------------------------
 
@@ -362,6 +471,7 @@ class SiT(keras.Model):
         verbose=0,
         return_trajectory=False,
         noise=None,
+        use_ema=None,
     ):
         """Draw samples, from noise at `t = 1` to data at `t = 0`.
 
@@ -389,6 +499,9 @@ class SiT(keras.Model):
             return_trajectory: also return the states along the way.
             noise: the initial state at `t = 1`, `[num_samples, *data_shape]`
                 (e.g. from `encode`); None draws it from `seed`.
+            use_ema: sample with the EMA of the weights (see `ema_weights`):
+                None (default) when the model has one, True requires it,
+                False uses the training weights.
 
         With neither `verbose` nor `return_trajectory`, the whole loop is one
         compiled call. With either, one compiled step is called per step (the
@@ -421,6 +534,7 @@ class SiT(keras.Model):
         guidance = self._check_guidance(guidance_channels, guidance_interval)
         if not ode:
             _check_sde_arguments(diffusion, last_step, last_step_size)
+        weights = self._sampling_weights(use_ema)
         seed = self.sampling_seed_generator if seed is None else keras.random.SeedGenerator(seed)
         if noise is None:
             x = keras.random.normal((num_samples, *self.data_shape), seed=seed)
@@ -432,19 +546,21 @@ class SiT(keras.Model):
         increments = None if ode else samplers.draw_sde_noise(num_steps, tuple(x.shape), seed)
         settings = (sampler, num_steps, float(cfg_scale), *guidance.values(), labels is None,
                     diffusion, float(diffusion_norm), last_step, float(last_step_size), float(atol), float(rtol))
-        if not (verbose or return_trajectory):
-            run = self._compiled(settings, "run")
-            return ops.convert_to_numpy(run(x, increments, labels))
-        return self._generate_stepwise(settings, x, increments, labels, verbose, return_trajectory)
+        with weights:
+            if not (verbose or return_trajectory):
+                run = self._compiled(settings, "run")
+                return ops.convert_to_numpy(run(x, increments, labels))
+            return self._generate_stepwise(settings, x, increments, labels, verbose, return_trajectory)
 
     def encode(self, x, labels=None, num_steps=50, sampler="euler", cfg_scale=1.0, guidance_channels=None,
-               guidance_interval=None, atol=1e-6, rtol=1e-3):
+               guidance_interval=None, atol=1e-6, rtol=1e-3, use_ema=None):
         """Map data to noise: the probability-flow ODE run from `t = 0` to `t = 1`.
 
         The inverse of `generate` with an ODE sampler: `generate(len(x),
         labels, noise=encode(x, labels))` gives back `x` up to solver error.
         `sampler` is a fixed-step ODE method or `"dopri5"`; other arguments
-        as in `generate`. Returns a NumPy array shaped like `x`.
+        as in `generate` (like it, this uses the EMA weights when there are
+        some). Returns a NumPy array shaped like `x`.
         """
         check_data(x, self.data_shape, "x")
         _check_count("num_steps", num_steps)
@@ -456,7 +572,8 @@ class SiT(keras.Model):
         guidance = self._check_guidance(guidance_channels, guidance_interval)
         settings = (sampler, num_steps, float(cfg_scale), *guidance.values(), labels is None,
                     None, 1.0, None, 0.0, float(atol), float(rtol))
-        return ops.convert_to_numpy(self._compiled(settings, "encode")(x, labels))
+        with self._sampling_weights(use_ema):
+            return ops.convert_to_numpy(self._compiled(settings, "encode")(x, labels))
 
     def _compiled(self, settings, part):
         """One piece of a sampling loop, compiled once per settings."""
@@ -571,7 +688,7 @@ class SiT(keras.Model):
         return {"hi": hi, "lo": lo, "w": w, "velocity_and_score": velocity_and_score, "finish": finish}
 
     def log_likelihood(self, x, labels=None, num_steps=50, sampler="rk4", divergence="auto", probe="rademacher",
-                       num_probes=1, seed=None):
+                       num_probes=1, seed=None, use_ema=None):
         """Log-density of data under the model's probability-flow ODE.
 
         Integrates from data (`t = 0`) to noise (`t = 1`) with the divergence
@@ -586,6 +703,7 @@ class SiT(keras.Model):
                 `"hutchinson"`, or `"auto"` (exact up to 64 dimensions).
             probe, num_probes, seed: Hutchinson probes (`"rademacher"` or
                 `"gaussian"`), drawn once per call and fixed for the solve.
+            use_ema: as in `generate`: the EMA weights when there are some.
 
         Returns:
             `(log_p, bits_per_dim)`: NumPy arrays `[B]`, log p in nats per
@@ -598,6 +716,7 @@ class SiT(keras.Model):
         if divergence not in ("auto", "exact", "hutchinson"):
             raise ValueError(f"`divergence` must be 'auto', 'exact' or 'hutchinson'; got {divergence!r}.")
         _check_count("num_probes", num_probes)
+        weights = self._sampling_weights(use_ema)
         x = ops.convert_to_tensor(np.asarray(x, "float32"))
         dim = int(np.prod(self.data_shape))
         labels = self._generation_labels(x.shape[0], labels)
@@ -617,7 +736,8 @@ class SiT(keras.Model):
                 return samplers.log_likelihood(velocity, x, num_steps, sampler, probe_list, lo, hi)[0]
 
             self._sampling_functions[key] = backend.compile_inference(self, run)
-        log_p = ops.convert_to_numpy(self._sampling_functions[key](x, labels, probes))
+        with weights:
+            log_p = ops.convert_to_numpy(self._sampling_functions[key](x, labels, probes))
         return log_p, -log_p / (dim * np.log(2.0))
 
     def _check_cfg_scale(self, cfg_scale, labels):
@@ -706,6 +826,21 @@ class SiT(keras.Model):
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)
+
+
+@contextlib.contextmanager
+def _keep_training_weights(optimizer):
+    """Skip the EMA overwrite that ends Keras' `fit` (on every backend the
+    trainer calls `optimizer.finalize_variable_values` after the last epoch)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if not getattr(inner, "use_ema", False):
+        yield
+        return
+    optimizer.finalize_variable_values = lambda var_list: None
+    try:
+        yield
+    finally:
+        del optimizer.finalize_variable_values
 
 
 def _portable_compile_config(config):
