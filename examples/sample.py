@@ -38,7 +38,7 @@ def main(argv=None):
         labels, cfg_scale = np.repeat(rows, args.per_label), args.cfg_scale
     samples = model.generate(
         len(rows) * args.per_label, labels=labels, num_steps=args.steps, cfg_scale=cfg_scale, seed=args.seed,
-        sampler=args.sampler,
+        sampler=args.sampler, clip_data=(-1.0, 1.0),  # the data range; see SiT.generate
     )
     if len(model.data_shape) != 3:
         np.save(os.path.splitext(args.output)[0] + ".npy", samples)

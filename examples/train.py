@@ -122,7 +122,7 @@ def main(argv=None):
     labels = np.repeat(np.arange(len(class_names)), per_class)
     samples = model.generate(
         len(labels), labels=labels, num_steps=args.sampling_steps, cfg_scale=args.cfg_scale, seed=args.seed,
-        sampler=args.sampler,
+        sampler=args.sampler, clip_data=(-1.0, 1.0),  # the data range; see SiT.generate
     )
     save_grid(samples, class_names, os.path.join(args.output_dir, "samples.png"))
     save_loss_plot(history.history, os.path.join(args.output_dir, "loss.png"))

@@ -42,6 +42,22 @@ def compile_inference(model, fn):
     return run
 
 
+def per_replica_loss(loss):
+    """`loss / replicas` under a TensorFlow `tf.distribute` strategy, else `loss`.
+
+    Each replica's gradients are summed across replicas, so a custom
+    `compute_loss` must divide by their number (Keras' own does); JAX and
+    PyTorch run one program over the global batch and need nothing.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            return loss / replicas
+    return loss
+
+
 def vjp(fn, x, cotangent):
     """`(fn(x), J^T cotangent)` for `J` the Jacobian of `fn` at `x`.
 

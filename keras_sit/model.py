@@ -312,7 +312,7 @@ class SiT(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if sample_weight is not None:
             raise ValueError("`sample_weight` is not supported by SiT's objective.")
-        loss = sit_loss(y_pred["pred"], y_pred["target"], y_pred.get("weight"))
+        loss = backend.per_replica_loss(sit_loss(y_pred["pred"], y_pred["target"], y_pred.get("weight")))
         if self.losses:
             loss = loss + ops.sum(ops.stack(self.losses))
         return loss
@@ -471,6 +471,7 @@ class SiT(keras.Model):
         verbose=0,
         return_trajectory=False,
         noise=None,
+        clip_data=None,
         use_ema=None,
     ):
         """Draw samples, from noise at `t = 1` to data at `t = 0`.
@@ -499,6 +500,10 @@ class SiT(keras.Model):
             return_trajectory: also return the states along the way.
             noise: the initial state at `t = 1`, `[num_samples, *data_shape]`
                 (e.g. from `encode`); None draws it from `seed`.
+            clip_data: `(lo, hi)`, the data's range: each drift evaluation
+                clips the clean-data estimate to it (see
+                `Transport.to_velocity`). Noise and score models on the linear
+                and cosine paths need it; None uses the raw estimate.
             use_ema: sample with the EMA of the weights (see `ema_weights`):
                 None (default) when the model has one, True requires it,
                 False uses the training weights.
@@ -544,8 +549,17 @@ class SiT(keras.Model):
                 raise ValueError(f"`noise` must hold `num_samples`={num_samples} states; got shape {noise.shape}.")
             x = ops.convert_to_tensor(np.asarray(noise, "float32"))
         increments = None if ode else samplers.draw_sde_noise(num_steps, tuple(x.shape), seed)
+        x, labels = _along_batch_axis(x, labels)
+        if clip_data is not None:
+            try:
+                clip_data = tuple(float(v) for v in clip_data)
+            except (TypeError, ValueError):
+                clip_data = ()
+            if len(clip_data) != 2 or not clip_data[0] < clip_data[1]:
+                raise ValueError(f"`clip_data` must be a pair (lo, hi) with lo < hi; got {clip_data!r}.")
         settings = (sampler, num_steps, float(cfg_scale), *guidance.values(), labels is None,
-                    diffusion, float(diffusion_norm), last_step, float(last_step_size), float(atol), float(rtol))
+                    diffusion, float(diffusion_norm), last_step, float(last_step_size), float(atol), float(rtol),
+                    clip_data)
         with weights:
             if not (verbose or return_trajectory):
                 run = self._compiled(settings, "run")
@@ -571,7 +585,7 @@ class SiT(keras.Model):
         self._check_cfg_scale(cfg_scale, labels)
         guidance = self._check_guidance(guidance_channels, guidance_interval)
         settings = (sampler, num_steps, float(cfg_scale), *guidance.values(), labels is None,
-                    None, 1.0, None, 0.0, float(atol), float(rtol))
+                    None, 1.0, None, 0.0, float(atol), float(rtol), None)
         with self._sampling_weights(use_ema):
             return ops.convert_to_numpy(self._compiled(settings, "encode")(x, labels))
 
@@ -608,7 +622,7 @@ class SiT(keras.Model):
         return (samples, np.stack(trajectory)) if return_trajectory else samples
 
     def _sampling_pieces(self, sampler, num_steps, cfg_scale, guidance_channels, guidance_interval,
-                         diffusion, norm, last_step, last_step_size, atol, rtol):
+                         diffusion, norm, last_step, last_step_size, atol, rtol, clip_data):
         """Pure functions for `backend.compile_inference`:
 
         `run(x, noise, labels)`: the whole loop; `step(x, z, labels, i, n)`:
@@ -623,11 +637,11 @@ class SiT(keras.Model):
             return self.guided_output(x, t, labels, cfg_scale, guidance_channels, guidance_interval)
 
         def drift(labels):
-            return lambda x, t: transport.to_velocity(output(x, t, labels), x, t)
+            return lambda x, t: transport.to_velocity(output(x, t, labels), x, t, clip_data)
 
         def sde(labels):
-            return self._sde_parts(lambda x, t: output(x, t, labels), sampler[4:], diffusion, norm, last_step,
-                                   last_step_size)
+            return self._sde_parts(lambda x, t: output(x, t, labels), diffusion, norm, last_step, last_step_size,
+                                   clip_data)
 
         def run(x, noise, labels):
             if sampler == "dopri5":
@@ -662,7 +676,7 @@ class SiT(keras.Model):
 
         return {"run": run, "step": step, "finish": finish, "encode": encode}
 
-    def _sde_parts(self, output, method, diffusion, norm, last_step, last_step_size):
+    def _sde_parts(self, output, diffusion, norm, last_step, last_step_size, clip_data):
         """The SDE solve's interval, `w(t)`, `(v, s)` from one call, and last step."""
         transport = self.transport
         eps = transport.sample_eps
@@ -676,7 +690,7 @@ class SiT(keras.Model):
 
         def velocity_and_score(x, t):
             out = output(x, t)
-            return transport.to_velocity(out, x, t), transport.to_score(out, x, t)
+            return transport.to_velocity(out, x, t, clip_data), transport.to_score(out, x, t)
 
         def w(t):
             return samplers.diffusion_coefficient(diffusion, t, transport, norm)
@@ -854,6 +868,24 @@ def _portable_compile_config(config):
     if isinstance(optimizer, dict) and str(optimizer.get("module", "")).startswith("keras.src.backend."):
         config = {**config, "optimizer": {**optimizer, "module": "keras.optimizers", "registered_name": None}}
     return config
+
+
+def _along_batch_axis(*tensors):
+    """Under a `keras.distribution`, split sampling inputs across its batch axis.
+
+    Otherwise they are replicated and every device samples the whole batch.
+    """
+    distribution = keras.distribution.distribution()
+    if distribution is None or getattr(distribution, "batch_dim_name", None) is None:
+        return tensors
+    mesh = distribution.device_mesh
+    devices = mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)]
+    if tensors[0].shape[0] % devices:
+        return tensors  # an uneven batch cannot be split; it runs replicated
+    return tuple(
+        None if t is None else keras.distribution.distribute_tensor(t, distribution.get_data_layout(t.shape))
+        for t in tensors
+    )
 
 
 def _check_sde_arguments(diffusion, last_step, last_step_size):

@@ -208,6 +208,11 @@ def _run_on_four_devices(out_dir):
     for name, make in RUNS.items():
         arrays, summary["layouts"][name] = _train_and_sample(make())
         np.savez(out_dir / f"{name}.npz", **arrays)
+    with distribution.data_parallel().scope():  # generate's inputs: split, not replicated
+        from keras_sit.model import _along_batch_axis
+
+        inputs = _along_batch_axis(keras.ops.zeros((BATCH, 4)), keras.ops.arange(BATCH))
+        summary["sampling_input_specs"] = [list(t.sharding.spec) for t in inputs]
     with distribution.model_parallel(4).scope():  # pure tensor parallelism: layouts only
         summary["layouts"]["model_parallel_1x4"] = _layouts(keras_sit.SiT(**ARCHITECTURE).variables)
     (out_dir / "summary.json").write_text(json.dumps(summary))
@@ -255,6 +260,10 @@ def test_sampling_on_four_devices_matches_one_device(four_devices, name):
     one, four = four_devices["runs"]["one_device"]["samples"], four_devices["runs"][name]["samples"]
     assert four.shape == (BATCH, 4, 4, 4) and one.std() > 0.1
     np.testing.assert_allclose(four, one, rtol=1e-4, atol=1e-5)
+
+
+def test_sampling_splits_its_batch_across_devices(four_devices):
+    assert four_devices["sampling_input_specs"] == [["batch", None], ["batch"]]
 
 
 def test_data_parallel_replicates_every_variable(four_devices):

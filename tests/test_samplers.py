@@ -142,6 +142,16 @@ def test_encode_then_generate_round_trips(rng):
         model.generate(2, [0, 1], noise=noise)
 
 
+def test_clip_data_tames_a_noise_model_near_pure_noise(rng):
+    model = tiny_sit(prediction="noise")
+    randomize(model, rng, scale=0.05)
+    raw = model.generate(8, num_steps=10, seed=0)
+    clipped = model.generate(8, num_steps=10, seed=0, clip_data=(-1.0, 1.0))
+    assert np.abs(raw).max() > 10 * np.abs(clipped).max(), (np.abs(raw).max(), np.abs(clipped).max())
+    with pytest.raises(ValueError, match="`clip_data` must be a pair"):
+        model.generate(2, clip_data=(1.0, -1.0))
+
+
 @pytest.mark.parametrize("path", ["linear", "cosine", "vp"])
 def test_sbdm_with_velocity_model_stays_finite(path, rng):
     """Upstream starts SBDM at t where D is infinite and samples NaN; we keep away from it."""
