@@ -8,6 +8,7 @@ backbone), and `compute_loss` reduces it. The trainers thread the generator's
 state through the compiled step, so every step draws fresh values.
 """
 
+import collections
 import contextlib
 import random
 
@@ -557,9 +558,10 @@ class SiT(keras.Model):
                 clip_data = ()
             if len(clip_data) != 2 or not clip_data[0] < clip_data[1]:
                 raise ValueError(f"`clip_data` must be a pair (lo, hi) with lo < hi; got {clip_data!r}.")
-        settings = (sampler, num_steps, float(cfg_scale), *guidance.values(), labels is None,
-                    diffusion, float(diffusion_norm), last_step, float(last_step_size), float(atol), float(rtol),
-                    clip_data)
+        settings = _SamplingSettings(sampler, num_steps, float(cfg_scale), **guidance, unconditional=labels is None,
+                                     diffusion=diffusion, diffusion_norm=float(diffusion_norm), last_step=last_step,
+                                     last_step_size=float(last_step_size), atol=float(atol), rtol=float(rtol),
+                                     clip_data=clip_data)
         with weights:
             if not (verbose or return_trajectory):
                 run = self._compiled(settings, "run")
@@ -584,22 +586,22 @@ class SiT(keras.Model):
         labels = self._generation_labels(x.shape[0], labels)
         self._check_cfg_scale(cfg_scale, labels)
         guidance = self._check_guidance(guidance_channels, guidance_interval)
-        settings = (sampler, num_steps, float(cfg_scale), *guidance.values(), labels is None,
-                    None, 1.0, None, 0.0, float(atol), float(rtol), None)
+        settings = _SamplingSettings(sampler, num_steps, float(cfg_scale), **guidance, unconditional=labels is None,
+                                     atol=float(atol), rtol=float(rtol))
         with self._sampling_weights(use_ema):
             return ops.convert_to_numpy(self._compiled(settings, "encode")(x, labels))
 
     def _compiled(self, settings, part):
         """One piece of a sampling loop, compiled once per settings."""
-        key = (part, *settings)
+        key = (part, settings)
         if key not in self._sampling_functions:
-            pieces = self._sampling_pieces(*settings[:5], *settings[6:])
+            pieces = self._sampling_pieces(settings)
             self._sampling_functions[key] = backend.compile_inference(self, pieces[part])
         return self._sampling_functions[key]
 
     def _generate_stepwise(self, settings, x, noise, labels, verbose, return_trajectory):
         """`generate` one compiled step at a time, for a progress bar or the trajectory."""
-        sampler, num_steps = settings[:2]
+        sampler, num_steps = settings.sampler, settings.num_steps
         if sampler == "dopri5" and not return_trajectory:
             num_steps = 1
         step, finish = self._compiled(settings, "step"), self._compiled(settings, "finish")
@@ -614,34 +616,35 @@ class SiT(keras.Model):
             if return_trajectory:
                 trajectory.append(ops.convert_to_numpy(x))
             progress.update(i + 1, values=[("nfe", nfe)])
-        if noise is not None and settings[8] is not None:  # the SDE's last step
+        if noise is not None and settings.last_step is not None:  # the SDE's last step
             x = finish(x, labels)
             if return_trajectory:
                 trajectory.append(ops.convert_to_numpy(x))
         samples = ops.convert_to_numpy(x)
         return (samples, np.stack(trajectory)) if return_trajectory else samples
 
-    def _sampling_pieces(self, sampler, num_steps, cfg_scale, guidance_channels, guidance_interval,
-                         diffusion, norm, last_step, last_step_size, atol, rtol, clip_data):
+    def _sampling_pieces(self, settings):
         """Pure functions for `backend.compile_inference`:
 
         `run(x, noise, labels)`: the whole loop; `step(x, z, labels, i, n)`:
         step `i` of the grid, or for dopri5 segment `i` of `n`, returning
         `(x, nfe)`; `finish(x, labels)`: the SDE's last step.
         """
-        transport = self.transport
+        transport, sampler, num_steps = self.transport, settings.sampler, settings.num_steps
+        atol, rtol, clip_data = settings.atol, settings.rtol, settings.clip_data
         lo, hi = transport.interval(transport.sample_eps)
         ode = sampler == "dopri5" or sampler in samplers.ODE_METHODS
 
         def output(x, t, labels):
-            return self.guided_output(x, t, labels, cfg_scale, guidance_channels, guidance_interval)
+            return self.guided_output(x, t, labels, settings.cfg_scale, settings.guidance_channels,
+                                      settings.guidance_interval)
 
         def drift(labels):
             return lambda x, t: transport.to_velocity(output(x, t, labels), x, t, clip_data)
 
         def sde(labels):
-            return self._sde_parts(lambda x, t: output(x, t, labels), diffusion, norm, last_step, last_step_size,
-                                   clip_data)
+            return self._sde_parts(lambda x, t: output(x, t, labels), settings.diffusion, settings.diffusion_norm,
+                                   settings.last_step, settings.last_step_size, clip_data)
 
         def run(x, noise, labels):
             if sampler == "dopri5":
@@ -868,6 +871,14 @@ def _portable_compile_config(config):
     if isinstance(optimizer, dict) and str(optimizer.get("module", "")).startswith("keras.src.backend."):
         config = {**config, "optimizer": {**optimizer, "module": "keras.optimizers", "registered_name": None}}
     return config
+
+
+class _SamplingSettings(collections.namedtuple(
+        "_SamplingSettings",
+        "sampler num_steps cfg_scale guidance_channels guidance_interval unconditional diffusion diffusion_norm "
+        "last_step last_step_size atol rtol clip_data",
+        defaults=(None, 1.0, None, 0.0, 1e-6, 1e-3, None))):
+    """What a compiled sampling loop depends on besides its tensor inputs: the cache key."""
 
 
 def _along_batch_axis(*tensors):
