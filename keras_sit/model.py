@@ -580,8 +580,7 @@ class SiT(keras.Model):
         """
         check_data(x, self.data_shape, "x")
         _check_count("num_steps", num_steps)
-        if sampler not in samplers.ODE_METHODS and sampler != "dopri5":
-            raise ValueError(f"`sampler` must be one of {sorted(samplers.ODE_METHODS)} or 'dopri5'; got {sampler!r}.")
+        _check_ode_sampler(sampler)
         x = ops.convert_to_tensor(np.asarray(x, "float32"))
         labels = self._generation_labels(x.shape[0], labels)
         self._check_cfg_scale(cfg_scale, labels)
@@ -728,8 +727,7 @@ class SiT(keras.Model):
         """
         check_data(x, self.data_shape, "x")
         _check_count("num_steps", num_steps)
-        if sampler not in samplers.ODE_METHODS and sampler != "dopri5":
-            raise ValueError(f"`sampler` must be one of {sorted(samplers.ODE_METHODS)} or 'dopri5'; got {sampler!r}.")
+        _check_ode_sampler(sampler)
         if divergence not in ("auto", "exact", "hutchinson"):
             raise ValueError(f"`divergence` must be 'auto', 'exact' or 'hutchinson'; got {divergence!r}.")
         _check_count("num_probes", num_probes)
@@ -916,6 +914,11 @@ def _times(t, x):
     if tuple(t.shape) != (batch,):
         raise ValueError(f"`t` must be a scalar or have shape ({batch},), one time per example; got shape {tuple(t.shape)}.")
     return ops.convert_to_tensor(t, dtype="float32")
+
+
+def _check_ode_sampler(sampler):
+    if sampler not in samplers.ODE_METHODS and sampler != "dopri5":
+        raise ValueError(f"`sampler` must be one of {sorted(samplers.ODE_METHODS)} or 'dopri5'; got {sampler!r}.")
 
 
 def _check_count(name, value):
