@@ -314,8 +314,11 @@ class SiT(keras.Model):
         if sample_weight is not None:
             raise ValueError("`sample_weight` is not supported by SiT's objective.")
         loss = backend.per_replica_loss(sit_loss(y_pred["pred"], y_pred["target"], y_pred.get("weight")))
-        if self.losses:
-            loss = loss + ops.sum(ops.stack(self.losses))
+        # Read `self.losses` once: torch.compile (2.11) traced the truth test and
+        # the stack as two different lists and stacked an empty one.
+        extra_losses = list(self.losses)
+        if extra_losses:
+            loss = loss + ops.sum(ops.stack(extra_losses))
         return loss
 
     def _labels_into_x(self, data):
