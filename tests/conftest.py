@@ -1,3 +1,7 @@
+import atexit
+import shutil
+import tempfile
+
 import keras
 import numpy as np
 import pytest
@@ -5,6 +9,20 @@ import pytest
 import keras_sit
 
 BACKEND = keras.backend.backend()
+
+if BACKEND == "jax":
+    import jax
+
+    # The tests build many identical tiny models, and every new model jits its steps afresh. XLA's
+    # persistent cache, keyed by the compiled program, compiles each distinct program once per run.
+    _cache = tempfile.mkdtemp(prefix="keras_sit_xla_cache_")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    jax.config.update("jax_compilation_cache_dir", _cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+# Its subprocess is JAX whatever the backend of this run, so one run (the JAX one) covers it.
+collect_ignore = [] if BACKEND == "jax" else ["test_distribution_devices.py"]
 
 
 def tiny_sit(**overrides):
