@@ -47,6 +47,19 @@ def modulate(x, shift, scale):
     return ops.add(ops.multiply(x, ops.add(1.0, scale[:, None, :])), shift[:, None, :])
 
 
+def dense_over_tokens(dense, x):
+    """Apply a `Dense` to `[B, T, D]` tokens as one `[B * T, D]` matmul.
+
+    XLA's CPU backend runs the 3-D x 2-D product, and more so its gradient,
+    well below its matmul peak; on the flattened tokens it reaches it (SiT-S/2
+    MLP, forward and backward, 16 x 256 tokens: 81 against 130 GFLOP/s). The
+    reshapes are free, and no slower on the other backends.
+    """
+    tokens = x.shape[1]
+    y = dense(ops.reshape(x, (-1, x.shape[-1])))
+    return ops.reshape(y, (-1, tokens, dense.units))
+
+
 def _layer_norm(dtype):
     return keras.layers.LayerNormalization(
         epsilon=LAYER_NORM_EPSILON, center=False, scale=False, dtype=dtype
@@ -93,7 +106,7 @@ class PatchEmbedding(keras.layers.Layer):
 
     def call(self, x):
         tokens = patchify(x, self.patch_size)
-        return ops.add(self.projection(tokens), ops.cast(self.position_embedding, self.compute_dtype))
+        return ops.add(dense_over_tokens(self.projection, tokens), ops.cast(self.position_embedding, self.compute_dtype))
 
     def get_config(self):
         return {**super().get_config(), "patch_size": self.patch_size, "hidden_size": self.hidden_size}
@@ -269,10 +282,10 @@ class Attention(keras.layers.Layer):
     def call(self, x):
         tokens = x.shape[1]
         head_dim = self.hidden_size // self.num_heads
-        qkv = ops.reshape(self.qkv(x), (-1, tokens, 3, self.num_heads, head_dim))
+        qkv = ops.reshape(dense_over_tokens(self.qkv, x), (-1, tokens, 3, self.num_heads, head_dim))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         out = ops.dot_product_attention(q, k, v)
-        return self.proj(ops.reshape(out, (-1, tokens, self.hidden_size)))
+        return dense_over_tokens(self.proj, ops.reshape(out, (-1, tokens, self.hidden_size)))
 
     def get_config(self):
         return {**super().get_config(), "hidden_size": self.hidden_size, "num_heads": self.num_heads}
@@ -294,7 +307,7 @@ class MLP(keras.layers.Layer):
         self.fc2.build((*input_shape[:-1], self.mlp_hidden_size))
 
     def call(self, x):
-        return self.fc2(ops.gelu(self.fc1(x), approximate=True))
+        return dense_over_tokens(self.fc2, ops.gelu(dense_over_tokens(self.fc1, x), approximate=True))
 
     def get_config(self):
         return {
@@ -370,7 +383,7 @@ class FinalLayer(keras.layers.Layer):
 
     def call(self, x, c):
         shift, scale = ops.split(self.adaLN_modulation(ops.silu(c)), 2, axis=-1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        return dense_over_tokens(self.linear, modulate(self.norm_final(x), shift, scale))
 
     def compute_output_shape(self, x_shape, c_shape):
         return (*x_shape[:-1], self.output_size)
