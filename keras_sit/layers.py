@@ -15,6 +15,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_sit import backend
+
 LAYER_NORM_EPSILON = 1e-6  # official value; Keras' default is 1e-3
 
 
@@ -56,7 +58,7 @@ def dense_over_tokens(dense, x):
     reshapes of contiguous tokens cost no copy on any backend.
     """
     tokens = x.shape[1]
-    y = dense(ops.reshape(x, (-1, x.shape[-1])))
+    y = backend.dense_2d(dense, ops.reshape(x, (-1, x.shape[-1])))
     return ops.reshape(y, (-1, tokens, dense.units))
 
 

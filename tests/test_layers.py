@@ -52,6 +52,36 @@ def test_attention_matches_softmax_reference(rng):
     np.testing.assert_allclose(to_numpy(layer(x)), reference.attention(x.astype("float64"), layer, 2), rtol=1e-4, atol=1e-5)
 
 
+class _ApplyDense(keras.layers.Layer):
+    """Calls `dense_over_tokens` from inside a layer, as SiT's layers do (autocast scope included)."""
+
+    def __init__(self, dense, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = dense
+
+    def call(self, x):
+        return layers.dense_over_tokens(self.dense, x)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("lora", [False, True], ids=["plain", "lora"])
+def test_dense_over_tokens_equals_dense(rng, policy, lora):
+    # On PyTorch a plain Dense runs as one fused addmm; a LoRA Dense must keep its own call.
+    dense = keras.layers.Dense(5, dtype=policy)
+    dense.build((None, 3))
+    randomize(dense, rng)
+    if lora:
+        dense.enable_lora(2)
+        dense.lora_kernel_b.assign(rng.normal(size=dense.lora_kernel_b.shape).astype("float32"))
+    x = rng.normal(size=(2, 4, 3)).astype("float32")
+    expected = dense(x.reshape(8, 3))
+    out = _ApplyDense(dense, dtype=policy)(x)
+    assert keras.backend.standardize_dtype(out.dtype) == keras.backend.standardize_dtype(expected.dtype)
+    tolerance = 1e-2 if policy == "mixed_bfloat16" else 1e-6
+    np.testing.assert_allclose(to_numpy(out).astype("float32").reshape(8, 5), to_numpy(expected).astype("float32"),
+                               rtol=tolerance, atol=tolerance)
+
+
 def test_block_matches_reference_and_is_identity_at_zero_modulation(rng):
     block = layers.SiTBlock(8, 2, mlp_ratio=2.0)
     x = rng.normal(size=(3, 5, 8)).astype("float32")
