@@ -310,13 +310,17 @@ def benchmark(args):
         )
         if nfe is not None:
             sample_flops = nfe * forward_flops(config, guided * sampling_batch) / sample_s
-            forward_s = time_forward(model, guided * sampling_batch, shape, args.num_classes)
+            sample_peak = peak.rate
+            forward_s, forward_peak = time_forward(model, guided * sampling_batch, shape, args.num_classes, peak)
             result.update(
                 sample_gflops=sample_flops / 1e9,
-                sample_fraction_of_peak=sample_flops / peak.rate,
-                sample_matmul_peak_gflops=peak.rate / 1e9,
+                sample_fraction_of_peak=sample_flops / sample_peak,
+                sample_matmul_peak_gflops=sample_peak / 1e9,
                 forward_s=forward_s,
-                sampling_overhead_per_step=(sample_s / nfe - forward_s) / forward_s,
+                forward_matmul_peak_gflops=forward_peak / 1e9,
+                # Both times in units of the peak measured around them, so that the
+                # machine's drift between the two measurements cancels.
+                sampling_overhead_per_step=(sample_s / nfe * sample_peak) / (forward_s * forward_peak) - 1,
             )
     if args.profile:
         result["profile"] = profile_block(model, batch, peak.rate)
@@ -326,8 +330,9 @@ def benchmark(args):
     return result
 
 
-def time_forward(model, batch, shape, num_classes, repeats=5):
-    """Seconds of one compiled network evaluation, the unit of a sampler's per-step cost."""
+def time_forward(model, batch, shape, num_classes, peak, repeats=5):
+    """Mean seconds of one compiled network evaluation, the unit of a sampler's per-step cost,
+    and the matmul peak measured around those evaluations."""
     from keras import ops
 
     from keras_sit import backend
@@ -338,12 +343,14 @@ def time_forward(model, batch, shape, num_classes, repeats=5):
     labels = ops.convert_to_tensor(rng.integers(0, num_classes, batch).astype("int32"))
     forward = backend.compile_inference(model, lambda x, t, labels: model.guided_output(x, t, labels))
     ops.convert_to_numpy(forward(x, t, labels))
-    best = math.inf
+    peak.reset()
+    peak.measure()
+    start = time.perf_counter()
     for _ in range(repeats):
-        start = time.perf_counter()
         ops.convert_to_numpy(forward(x, t, labels))
-        best = min(best, time.perf_counter() - start)
-    return best
+    seconds = (time.perf_counter() - start) / repeats
+    peak.measure()
+    return seconds, peak.rate
 
 
 def profile_block(model, batch, peak, repeats=5):
