@@ -236,9 +236,8 @@ def benchmark(args):
         if args.precision != "float32":
             raise SystemExit("--plain-torch runs in float32 only")
         config = keras_sit.presets.preset_config(args.preset, input_shape=shape, num_classes=args.num_classes)
-        config = {"mlp_ratio": 4.0, **config}
         model = PlainTorchTrainer(config)
-        backend, args.skip_sampling = "plain torch", True
+        backend, args.skip_sampling, args.profile = "plain torch", True, False  # training only
     else:
         model = keras_sit.SiT.from_preset(args.preset, input_shape=shape, num_classes=args.num_classes, seed=0)
         jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile.lower()]

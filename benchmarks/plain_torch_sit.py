@@ -44,7 +44,7 @@ class Block(nn.Module):
 
 
 class PlainSiT(nn.Module):
-    def __init__(self, input_shape, patch_size, hidden_size, depth, num_heads, mlp_ratio, num_classes, **_):
+    def __init__(self, input_shape, patch_size, hidden_size, depth, num_heads, num_classes, mlp_ratio=4.0, **_):
         super().__init__()
         height, width, self.channels = input_shape
         self.patch_size, self.grid = patch_size, (height // patch_size, width // patch_size)
