@@ -32,8 +32,8 @@ def main(argv=None):
     shape = tuple(int(v) for v in args.input_shape.split(","))
     sit = keras_sit.SiT.from_preset(args.preset, input_shape=shape, num_classes=args.num_classes, seed=0)
     sit.compile()
-    config = keras_sit.presets.preset_config(args.preset, input_shape=shape, num_classes=args.num_classes)
-    models = {"keras_sit (torch)": sit, "plain torch": PlainTorchTrainer(config)}
+    plain = PlainTorchTrainer.from_preset(args.preset, input_shape=shape, num_classes=args.num_classes)
+    models = {"keras_sit (torch)": sit, "plain torch": plain}
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch_size, *shape)).astype("float32")
     labels = rng.integers(0, args.num_classes, args.batch_size).astype("int32")

@@ -215,6 +215,16 @@ class MatmulPeak:
         """Add one window to the running measurement."""
         self._window(self.run, self.size, self.window_s)
 
+    def around(self, fn):
+        """Seconds of `fn()`, and the peak over one window before and one after it alone."""
+        self.reset()
+        self.measure()
+        start = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - start
+        self.measure()
+        return seconds, self.rate
+
     @property
     def rate(self):
         """FLOP/s over all windows so far."""
@@ -235,8 +245,8 @@ def benchmark(args):
 
         if args.precision != "float32":
             raise SystemExit("--plain-torch runs in float32 only")
-        config = keras_sit.presets.preset_config(args.preset, input_shape=shape, num_classes=args.num_classes)
-        model = PlainTorchTrainer(config)
+        model = PlainTorchTrainer.from_preset(args.preset, input_shape=shape, num_classes=args.num_classes)
+        config = model.config
         backend, args.skip_sampling, args.profile = "plain torch", True, False  # training only
     else:
         model = keras_sit.SiT.from_preset(args.preset, input_shape=shape, num_classes=args.num_classes, seed=0)
@@ -290,12 +300,8 @@ def benchmark(args):
         start = time.perf_counter()
         model.generate(sampling_batch, seed=0, **options)  # compiles the loop
         first_s = time.perf_counter() - start
-        peak.reset()  # sampling is compared with the peak around its own run
-        peak.measure()
-        start = time.perf_counter()
-        model.generate(sampling_batch, seed=1, **options)
-        sample_s = time.perf_counter() - start
-        peak.measure()
+        # Sampling is compared with the peak around its own run.
+        sample_s, sample_peak = peak.around(lambda: model.generate(sampling_batch, seed=1, **options))
         nfe = keras_sit.samplers.ode_nfe(args.sampler, args.sampling_steps) if args.sampler in keras_sit.samplers.ODE_METHODS else None
         guided = 2 if args.cfg_scale != 1.0 else 1
         result.update(
@@ -309,7 +315,6 @@ def benchmark(args):
         )
         if nfe is not None:
             sample_flops = nfe * forward_flops(config, guided * sampling_batch) / sample_s
-            sample_peak = peak.rate
             forward_s, forward_peak = time_forward(model, guided * sampling_batch, shape, args.num_classes, peak)
             result.update(
                 sample_gflops=sample_flops / 1e9,
@@ -342,14 +347,13 @@ def time_forward(model, batch, shape, num_classes, peak, repeats=5):
     labels = ops.convert_to_tensor(rng.integers(0, num_classes, batch).astype("int32"))
     forward = backend.compile_inference(model, lambda x, t, labels: model.guided_output(x, t, labels))
     ops.convert_to_numpy(forward(x, t, labels))
-    peak.reset()
-    peak.measure()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        ops.convert_to_numpy(forward(x, t, labels))
-    seconds = (time.perf_counter() - start) / repeats
-    peak.measure()
-    return seconds, peak.rate
+
+    def run():
+        for _ in range(repeats):
+            ops.convert_to_numpy(forward(x, t, labels))
+
+    seconds, rate = peak.around(run)
+    return seconds / repeats, rate
 
 
 def profile_block(model, batch, peak, repeats=5):

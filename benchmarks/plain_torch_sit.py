@@ -78,10 +78,17 @@ class PlainTorchTrainer:
 
     def __init__(self, config, class_dropout_prob=0.1, seed=0):
         torch.manual_seed(seed)
+        self.config = config
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.network = PlainSiT(**config).to(self.device)
         self.num_classes, self.class_dropout_prob = config["num_classes"], class_dropout_prob
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=1e-4, weight_decay=0.0)
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        from keras_sit.presets import preset_config
+
+        return cls(preset_config(name, **overrides))
 
     def count_params(self):
         return sum(p.numel() for p in self.network.parameters())
