@@ -41,7 +41,9 @@ def parse_args(argv=None):
     parser.add_argument("--sampling-batch-size", type=int, help="default: --batch-size")
     parser.add_argument("--cfg-scale", type=float, default=1.0)
     parser.add_argument("--skip-sampling", action="store_true")
-    parser.add_argument("--jit-compile", default="auto", help="'auto', 'true' or 'false' (torch: true = torch.compile)")
+    parser.add_argument("--jit-compile", default="best",
+                        help="'best' (default: XLA on JAX and TensorFlow, eager PyTorch), 'auto' (Keras' choice: "
+                        "no XLA for TensorFlow on a CPU-only machine), 'true' or 'false' (torch: true = torch.compile)")
     parser.add_argument("--profile", action="store_true",
                         help="also time the forward pass of each part of a block (compiled alone) against its FLOPs")
     parser.add_argument("--peak-size", type=int,
@@ -250,7 +252,7 @@ def benchmark(args):
         backend, args.skip_sampling, args.profile = "plain torch", True, False  # training only
     else:
         model = keras_sit.SiT.from_preset(args.preset, input_shape=shape, num_classes=args.num_classes, seed=0)
-        jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile.lower()]
+        jit = {"best": keras.backend.backend() != "torch", "auto": "auto", "true": True, "false": False}[args.jit_compile.lower()]
         model.compile(jit_compile=jit)
         config = model.get_config()
     rng = np.random.default_rng(0)
@@ -286,6 +288,7 @@ def benchmark(args):
         "parameters": model.count_params(),
         "forward_gflop_per_image": forward_flops(config, 1) / 1e9,
         "matmul_peak_size": peak.size,
+        "train_step": step_kind(backend, getattr(model, "jit_compile", False)),
         "train_compile_s": compile_s,
         "train_step_s": step_s,
         "train_images_per_s": batch / step_s,
@@ -332,6 +335,13 @@ def benchmark(args):
     result.update(peak_memory_gib=memory / 2**30, memory_measured=where,
                   matmul_best_run_gflops=peak.best_run / 1e9)
     return result
+
+
+def step_kind(backend, jit_compile):
+    """How the training step runs: "XLA", "torch.compile", "graph" (TensorFlow without XLA) or "eager"."""
+    if jit_compile:
+        return "torch.compile" if backend == "torch" else "XLA"
+    return "graph" if backend == "tensorflow" else "eager"
 
 
 def time_forward(model, batch, shape, num_classes, peak, repeats=5):
@@ -409,6 +419,7 @@ def profile_block(model, batch, peak, repeats=5):
 
 COLUMNS = [
     ("backend", "backend", "{}"),
+    ("train_step", "step", "{}"),
     ("train_images_per_s", "train img/s", "{:.2f}"),
     ("train_fraction_of_peak", "train/peak", "{:.0%}"),
     ("train_compile_s", "compile s", "{:.1f}"),
