@@ -66,6 +66,22 @@ def dense_2d(dense, x):
     return torch.addmm(bias, x.to(kernel.dtype), kernel)
 
 
+def add_product(x, y, z):
+    """`x + y * z`, broadcast.
+
+    PyTorch runs eager, so `ops.add(x, ops.multiply(y, z))` writes the
+    product into a fresh buffer and the sum into a second; on a CPU each
+    fresh buffer's pages are faulted in again. One `torch.addcmul` writes
+    one. JAX and TensorFlow compile with XLA, which fuses the two ops on
+    its own. Mixed dtypes keep Keras' promotion.
+    """
+    if keras.backend.backend() != "torch" or not x.dtype == y.dtype == z.dtype:
+        return keras.ops.add(x, keras.ops.multiply(y, z))
+    import torch
+
+    return torch.addcmul(x, y, z)
+
+
 def per_replica_loss(loss):
     """`loss / replicas` under a TensorFlow `tf.distribute` strategy, else `loss`.
 

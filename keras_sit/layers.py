@@ -46,7 +46,7 @@ def sincos_2d(embed_dim, grid_height, grid_width):
 
 def modulate(x, shift, scale):
     """adaLN modulation `x * (1 + scale) + shift`, broadcast over tokens."""
-    return ops.add(ops.multiply(x, ops.add(1.0, scale[:, None, :])), shift[:, None, :])
+    return backend.add_product(shift[:, None, :], x, ops.add(1.0, scale[:, None, :]))
 
 
 def dense_over_tokens(dense, x):
@@ -349,8 +349,8 @@ class SiTBlock(keras.layers.Layer):
     def call(self, x, c):
         chunks = ops.split(self.adaLN_modulation(ops.silu(c)), 6, axis=-1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = chunks
-        x = x + gate_msa[:, None, :] * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
-        return x + gate_mlp[:, None, :] * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        x = backend.add_product(x, gate_msa[:, None, :], self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
+        return backend.add_product(x, gate_mlp[:, None, :], self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
 
     def compute_output_shape(self, x_shape, c_shape):
         return x_shape

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_sit import layers
+from keras_sit import backend, layers
 from tests import reference
 from tests.conftest import to_numpy
 
@@ -80,6 +80,19 @@ def test_dense_over_tokens_equals_dense(rng, policy, lora):
     tolerance = 1e-2 if policy == "mixed_bfloat16" else 1e-6
     np.testing.assert_allclose(to_numpy(out).astype("float32").reshape(8, 5), to_numpy(expected).astype("float32"),
                                rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtypes", [("float32",) * 3, ("bfloat16", "float32", "bfloat16")], ids=["float32", "mixed"])
+def test_add_product_broadcasts_and_promotes_as_keras(rng, dtypes):
+    # On PyTorch, equal dtypes run as one addcmul; mixed ones keep Keras' promotion.
+    shapes = [(2, 1, 3), (2, 4, 3), (2, 1, 3)]
+    x, y, z = (keras.ops.convert_to_tensor(rng.normal(size=shape), dtype) for shape, dtype in zip(shapes, dtypes))
+    out = backend.add_product(x, y, z)
+    x, y, z = (to_numpy(v).astype("float64") for v in (x, y, z))
+    assert tuple(out.shape) == (2, 4, 3)
+    assert keras.backend.standardize_dtype(out.dtype) == keras.backend.result_type(*dtypes)
+    tolerance = 1e-2 if "bfloat16" in dtypes else 1e-6
+    np.testing.assert_allclose(to_numpy(out).astype("float64"), x + y * z, rtol=tolerance, atol=tolerance)
 
 
 def test_block_matches_reference_and_is_identity_at_zero_modulation(rng):
