@@ -108,7 +108,7 @@ def main(argv=None):
         prediction=args.prediction,
         seed=args.seed,
     )
-    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=args.learning_rate, weight_decay=0.0))
+    model.compile(optimizer=keras_sit.AdamW(learning_rate=args.learning_rate, weight_decay=0.0))
     print(
         f"backend={keras.backend.backend()} parameters={model.count_params():,} data={input_shape} "
         f"path={args.path} prediction={args.prediction}"

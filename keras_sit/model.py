@@ -17,6 +17,7 @@ import numpy as np
 from keras import ops
 
 from keras_sit import backend, samplers
+from keras_sit.optimizers import AdamW
 from keras_sit.backbone import SiTBackbone
 from keras_sit.functions import sit_loss
 from keras_sit.paths import get_path
@@ -155,7 +156,8 @@ class SiT(keras.Model):
 
     def compile(self, optimizer=None, loss=None, jit_compile="auto", use_ema=False, ema_decay=None, **kwargs):
         """Like `keras.Model.compile`; the optimizer defaults to the official
-        AdamW (learning rate 1e-4, no weight decay). The loss is SiT's own.
+        AdamW (learning rate 1e-4, no weight decay) as `keras_sit.AdamW`:
+        Keras' AdamW with fused kernels on PyTorch. The loss is SiT's own.
 
         `jit_compile="auto"` is Keras' choice: XLA on JAX, eager on PyTorch,
         and on TensorFlow XLA except on a CPU-only machine. There, pass
@@ -167,7 +169,7 @@ class SiT(keras.Model):
         average of the weights (Keras' `use_ema`, `ema_momentum=ema_decay`,
         default 0.9999 as the official SiT); `generate`, `encode` and
         `log_likelihood` then sample with it. A custom optimizer takes these
-        options itself: `AdamW(..., use_ema=True, ema_momentum=0.9999)`.
+        options itself: `keras_sit.AdamW(..., use_ema=True, ema_momentum=0.9999)`.
         """
         if loss is not None:
             raise ValueError("`loss` must be None: SiT computes its own objective (see `SiT.compute_loss`).")
@@ -181,11 +183,11 @@ class SiT(keras.Model):
         if use_ema and optimizer is not None:
             raise ValueError(
                 "`use_ema` configures the default optimizer only; pass it to your optimizer instead, e.g. "
-                f"`keras.optimizers.AdamW(1e-4, weight_decay=0.0, use_ema=True, ema_momentum={decay})`."
+                f"`keras_sit.AdamW(1e-4, weight_decay=0.0, use_ema=True, ema_momentum={decay})`."
             )
         if optimizer is None:
             ema = {"use_ema": True, "ema_momentum": float(decay)} if use_ema else {}
-            optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.0, **ema)
+            optimizer = AdamW(learning_rate=1e-4, weight_decay=0.0, **ema)
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
         # Keras saves the value "auto" resolved to on this backend (True on JAX);
         # keep "auto" so that a model saved under JAX does not switch on

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_sit
 from tests.conftest import randomize, tiny_sit, to_numpy
 
 DECAY = 0.9  # far from 0.9999 so that a few steps move the EMA visibly
@@ -74,7 +75,7 @@ def test_compile_configures_the_default_optimizer():
     model = tiny_sit()
     model.compile(use_ema=True)
     optimizer = model.optimizer
-    assert isinstance(optimizer, keras.optimizers.AdamW)
+    assert type(optimizer) is keras_sit.AdamW
     assert (optimizer.use_ema, optimizer.ema_momentum, optimizer.weight_decay) == (True, 0.9999, 0.0)
     assert np.isclose(float(to_numpy(optimizer.learning_rate)), 1e-4)
     assert optimizer.ema_overwrite_frequency is None
