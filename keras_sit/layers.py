@@ -285,7 +285,8 @@ class Attention(keras.layers.Layer):
         tokens = x.shape[1]
         head_dim = self.hidden_size // self.num_heads
         qkv = ops.reshape(dense_over_tokens(self.qkv, x), (-1, tokens, 3, self.num_heads, head_dim))
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        # `unstack`, not three slices: on PyTorch each slice's gradient is a zero-filled full-size buffer.
+        q, k, v = ops.unstack(qkv, num=3, axis=2)
         out = ops.dot_product_attention(q, k, v)
         return dense_over_tokens(self.proj, ops.reshape(out, (-1, tokens, self.hidden_size)))
 
