@@ -41,6 +41,9 @@ def parse_args(argv=None):
     parser.add_argument("--sampling-batch-size", type=int, help="default: --batch-size")
     parser.add_argument("--cfg-scale", type=float, default=1.0)
     parser.add_argument("--skip-sampling", action="store_true")
+    parser.add_argument("--overhead-rounds", type=int, default=3,
+                        help="pairs of a short sampling run and as many forward passes, for the per-step overhead")
+    parser.add_argument("--overhead-steps", type=int, default=10, help="sampling steps of each overhead round")
     parser.add_argument("--jit-compile", default="best",
                         help="'best' (default: XLA on JAX and TensorFlow, eager PyTorch), 'auto' (Keras' choice: "
                         "no XLA for TensorFlow on a CPU-only machine), 'true' or 'false' (torch: true = torch.compile)")
@@ -318,16 +321,20 @@ def benchmark(args):
         )
         if nfe is not None:
             sample_flops = nfe * forward_flops(config, guided * sampling_batch) / sample_s
-            forward_s, forward_peak = time_forward(model, guided * sampling_batch, shape, args.num_classes, peak)
+            short = {**options, "num_steps": args.overhead_steps}
+            ratios, forward_s = sampling_overhead(
+                lambda: model.generate(sampling_batch, seed=2, **short),
+                keras_sit.samplers.ode_nfe(args.sampler, args.overhead_steps),
+                model, guided * sampling_batch, shape, args.num_classes, args.overhead_rounds,
+            )
             result.update(
                 sample_gflops=sample_flops / 1e9,
                 sample_fraction_of_peak=sample_flops / sample_peak,
                 sample_matmul_peak_gflops=sample_peak / 1e9,
                 forward_s=forward_s,
-                forward_matmul_peak_gflops=forward_peak / 1e9,
-                # Both times in units of the peak measured around them, so that the
-                # machine's drift between the two measurements cancels.
-                sampling_overhead_per_step=(sample_s / nfe * sample_peak) / (forward_s * forward_peak) - 1,
+                overhead_sampling_steps=args.overhead_steps,
+                sampling_overhead_rounds=ratios,
+                sampling_overhead_per_step=float(np.median(ratios)),
             )
     if args.profile:
         result["profile"] = profile_block(model, batch, peak.rate)
@@ -344,9 +351,16 @@ def step_kind(backend, jit_compile):
     return "graph" if backend == "tensorflow" else "eager"
 
 
-def time_forward(model, batch, shape, num_classes, peak, repeats=5):
-    """Mean seconds of one compiled network evaluation, the unit of a sampler's per-step cost,
-    and the matmul peak measured around those evaluations."""
+def sampling_overhead(sample, nfe, model, batch, shape, num_classes, rounds):
+    """The compiled sampling loop's cost a step outside the network, as a fraction of one forward pass.
+
+    Alternates, `rounds` times, one run of `sample` (a loop of `nfe` network
+    evaluations) with `nfe` compiled forward passes, each called from Python
+    and fetched. Each pair takes seconds, back to back, so both see the
+    machine at the same speed; one long run against a few passes minutes
+    later did not (the README's "Performance"). Returns each round's
+    `loop / forwards - 1`, and the mean seconds of one forward pass.
+    """
     from keras import ops
 
     from keras_sit import backend
@@ -357,13 +371,18 @@ def time_forward(model, batch, shape, num_classes, peak, repeats=5):
     labels = ops.convert_to_tensor(rng.integers(0, num_classes, batch).astype("int32"))
     forward = backend.compile_inference(model, lambda x, t, labels: model.guided_output(x, t, labels))
     ops.convert_to_numpy(forward(x, t, labels))
-
-    def run():
-        for _ in range(repeats):
+    sample()  # compiles the loop for this step count
+    ratios, forward_seconds = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        sample()
+        loop_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(nfe):
             ops.convert_to_numpy(forward(x, t, labels))
-
-    seconds, rate = peak.around(run)
-    return seconds / repeats, rate
+        forward_seconds.append((time.perf_counter() - start) / nfe)
+        ratios.append(loop_s / (nfe * forward_seconds[-1]) - 1)
+    return ratios, float(np.mean(forward_seconds))
 
 
 def profile_block(model, batch, peak, repeats=5):
