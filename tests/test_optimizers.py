@@ -17,7 +17,7 @@ def run(optimizer_class, steps=4, **kwargs):
     optimizer = optimizer_class(**kwargs)
     optimizer.build(variables)
     optimizer.exclude_from_weight_decay(var_names=["w1"])
-    for step in range(steps):
+    for _ in range(steps):
         # Gradients from 1e-9 to 1: at the small end epsilon dominates `sqrt(v)`.
         grads = [keras.ops.convert_to_tensor((10.0 ** -(3 * i)) * rng.normal(size=s).astype("float32"))
                  for i, s in enumerate(SHAPES)]
