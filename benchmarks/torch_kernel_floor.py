@@ -8,13 +8,12 @@ and its gradient, and the two LayerNorms of each block with their
 gradients. Everything else a step does (biases, modulation, residual adds,
 reshapes, the loss, the optimizer) is left out, as if it were free.
 
-It prints that floor as a fraction of the matmul peak measured the way
-`benchmark.py` measures it (back-to-back square matmuls, in windows taken
-between the timed repetitions): the most a training step of this network
-could reach on this machine with PyTorch's own CPU kernels.
+It prints that floor as a fraction of `benchmark.py`'s matmul peak, taken
+in windows between the timed repetitions: the most a training step of this
+network could reach on this machine with PyTorch's own CPU kernels.
 
-    python benchmarks/torch_kernel_floor.py                 # SiT-S/2, 32x32x4, batch 16
-    python benchmarks/torch_kernel_floor.py --repeats 10
+    KERAS_BACKEND=torch python benchmarks/torch_kernel_floor.py      # SiT-S/2, 32x32x4, batch 16
+    KERAS_BACKEND=torch python benchmarks/torch_kernel_floor.py --repeats 10
 """
 
 import argparse
@@ -23,22 +22,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-PRESETS = {"SiT-S/2": (384, 12, 6, 2), "SiT-B/2": (768, 12, 12, 2), "SiT-L/2": (1024, 24, 16, 2)}
-
-
-def square_matmul_rate(seconds=1.0, sizes=(1024, 2048, 3072)):
-    """Sustained FLOP/s of back-to-back square matmuls, for the best size."""
-    best = 0.0
-    for size in sizes:
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        a @ b
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / len(sizes):
-            a @ b
-            count += 1
-        best = max(best, count * 2 * size**3 / (time.perf_counter() - start))
-    return best
 
 
 def block_kernels(batch, tokens, hidden, heads, mlp):
@@ -75,36 +58,45 @@ def block_kernels(batch, tokens, hidden, heads, mlp):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="SiT-S/2", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="SiT-S/2")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    hidden, depth, heads, patch = PRESETS[args.preset]
-    tokens = (args.image_size // patch) ** 2
-    kernels = block_kernels(args.batch_size, tokens, hidden, heads, 4 * hidden)
+
+    import keras
+
+    if keras.backend.backend() != "torch":
+        raise SystemExit("run with KERAS_BACKEND=torch")
+    from benchmark import MatmulPeak
+
+    from keras_sit.presets import preset_config
+
+    config = preset_config(args.preset)
+    hidden, depth = config["hidden_size"], config["depth"]
+    tokens = (args.image_size // config["patch_size"]) ** 2
+    kernels = block_kernels(args.batch_size, tokens, hidden, config["num_heads"], 4 * hidden)
+    peak = MatmulPeak("float32")
     for _, fn, _ in kernels:
         fn()
     times = {name: [] for name, _, _ in kernels}
-    peaks = []
     for _ in range(args.repeats):
-        peaks.append(square_matmul_rate())
+        peak.measure()
         for name, fn, _ in kernels:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    peaks.append(square_matmul_rate())
-    peak = statistics.fmean(peaks)
+    peak.measure()
     median = {name: statistics.median(ts) for name, ts in times.items()}
     floor_s = depth * sum(median[name] for name, _, _ in kernels)
     step_flops = depth * sum(flops for _, _, flops in kernels)
     print(f"{args.preset}, {tokens} tokens, batch {args.batch_size}, {torch.get_num_threads()} threads; "
-          f"matmul peak {peak / 1e9:.1f} GFLOP/s")
+          f"matmul peak {peak.rate / 1e9:.1f} GFLOP/s")
     for name, _, flops in kernels:
-        rate = f"{flops / median[name] / peak:5.0%} of peak" if flops else ""
+        rate = f"{flops / median[name] / peak.rate:5.0%} of peak" if flops else ""
         print(f"  {name:>28}  {1e3 * depth * median[name]:7.1f} ms a step  {rate}")
     print(f"unavoidable kernels: {floor_s:.2f} s a step for {step_flops / 1e9:.0f} GFLOP of block matmuls")
-    print(f"best fraction of peak an eager PyTorch step can reach: {step_flops / floor_s / peak:.0%}")
+    print(f"best fraction of peak an eager PyTorch step can reach: {step_flops / floor_s / peak.rate:.0%}")
 
 
 if __name__ == "__main__":
