@@ -27,7 +27,6 @@ import torch.nn.functional as F
 def block_kernels(batch, tokens, hidden, heads, mlp):
     """The unavoidable kernels of one block's forward and backward, as (name, callable, FLOPs)."""
     rows = batch * tokens
-    x, g = torch.randn(rows, hidden), torch.randn(rows, hidden)
     kernels = []
     for name, n_in, n_out in (("qkv", hidden, 3 * hidden), ("proj", hidden, hidden),
                               ("fc1", hidden, mlp), ("fc2", mlp, hidden)):
@@ -47,7 +46,7 @@ def block_kernels(batch, tokens, hidden, heads, mlp):
     h, dh = torch.randn(rows, mlp), torch.randn(rows, mlp)
     kernels += [("gelu forward", lambda: F.gelu(h, approximate="tanh"), 0),
                 ("gelu backward", lambda: torch.ops.aten.gelu_backward(dh, h, approximate="tanh"), 0)]
-    x_norm = x.clone().requires_grad_()
+    x_norm, g = torch.randn(rows, hidden, requires_grad=True), torch.randn(rows, hidden)
 
     def layer_norm():
         F.layer_norm(x_norm, (hidden,), eps=1e-6).backward(g)
