@@ -21,6 +21,7 @@ from keras_sit.layers import (
     Unpatchify,
 )
 from keras_sit.convert import export_official_state_dict, import_official_checkpoint
+from keras_sit.generation import SamplingSettings
 from keras_sit.model import SiT
 from keras_sit.optimizers import AdamW
 from keras_sit.paths import CosinePath, LinearPath, Path, VPPath, get_path

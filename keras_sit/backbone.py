@@ -2,9 +2,10 @@
 
 Maps `{"x_t": [B, H, W, C] or [B, D], "t": [B], "labels": [B]}` to a
 prediction of the same shape as `x_t` (`"labels"` only when `num_classes` is
-set). Same maths and weight layout as the official SiT; see the README.
+set). Same maths and weight layout as the official SiT (docs/architecture.md).
 """
 
+import inspect
 import math
 
 import keras
@@ -12,32 +13,23 @@ import numpy as np
 from keras import ops
 
 from keras_sit.functions import output_size
+from keras_sit.validation import check_bool, check_number, check_positive_int
 from keras_sit.layers import FinalLayer, LabelEmbedding, PatchEmbedding, SiTBlock, TimestepEmbedding, Unpatchify
 
 
-def _check_positive_int(name, value, allow_none=False):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"`{name}` must be a positive int; got {value!r} of type {type(value).__name__}.")
-    if value <= 0:
-        raise ValueError(f"`{name}` must be a positive int; got {value}.")
-
-
-def validate_architecture(
-    input_shape, input_dim, patch_size, hidden_size, depth, num_heads, mlp_ratio, num_classes, class_dropout_prob, num_steps
-):
-    """Check the constructor arguments; return the data shape `(H, W, C)` or `(D,)`."""
+def validate_architecture(input_shape, input_dim, patch_size, hidden_size, depth, num_heads, mlp_ratio, num_classes,
+                          class_dropout_prob, learn_sigma, num_steps):
+    """Check the architecture arguments; return the data shape `(H, W, C)` or `(D,)`."""
     if (input_shape is None) == (input_dim is None):
         raise ValueError(
             "Give exactly one of `input_shape` (H, W, C) for images and `input_dim` (int) for vectors; "
             f"got input_shape={input_shape!r}, input_dim={input_dim!r}."
         )
     for name, value in [("patch_size", patch_size), ("hidden_size", hidden_size), ("depth", depth), ("num_heads", num_heads)]:
-        _check_positive_int(name, value)
-    _check_positive_int("num_classes", num_classes, allow_none=True)
+        check_positive_int(name, value)
+    check_positive_int("num_classes", num_classes, allow_none=True)
     if input_dim is not None:
-        _check_positive_int("input_dim", input_dim)
+        check_positive_int("input_dim", input_dim)
         if input_dim % patch_size:
             raise ValueError(f"`input_dim` ({input_dim}) must be divisible by `patch_size` ({patch_size}).")
         if hidden_size % 2:
@@ -47,7 +39,7 @@ def validate_architecture(
         if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3:
             raise ValueError(f"`input_shape` must be (height, width, channels); got {input_shape!r}.")
         for name, value in zip(("height", "width", "channels"), input_shape):
-            _check_positive_int(f"input_shape {name}", value)
+            check_positive_int(f"input_shape {name}", value)
         height, width, _ = input_shape
         if height % patch_size or width % patch_size:
             raise ValueError(
@@ -58,12 +50,10 @@ def validate_architecture(
         data_shape = tuple(int(v) for v in input_shape)
     if hidden_size % num_heads:
         raise ValueError(f"`hidden_size` ({hidden_size}) must be divisible by `num_heads` ({num_heads}).")
-    if not mlp_ratio > 0:
-        raise ValueError(f"`mlp_ratio` must be positive; got {mlp_ratio!r}.")
-    if not 0.0 <= class_dropout_prob < 1.0:
-        raise ValueError(f"`class_dropout_prob` must be in [0, 1); got {class_dropout_prob!r}.")
-    if not num_steps > 0:
-        raise ValueError(f"`num_steps` (the time-embedding scale) must be positive; got {num_steps!r}.")
+    check_number("mlp_ratio", mlp_ratio, low=0.0, include_low=False)
+    check_number("class_dropout_prob", class_dropout_prob, 0.0, 1.0)
+    check_number("num_steps", num_steps, low=0.0, include_low=False)
+    check_bool("learn_sigma", learn_sigma)
     return data_shape
 
 
@@ -106,8 +96,8 @@ class SiTBackbone(keras.Model):
         **kwargs,
     ):
         data_shape = validate_architecture(
-            input_shape, input_dim, patch_size, hidden_size, depth, num_heads, mlp_ratio,
-            num_classes, class_dropout_prob, num_steps,
+            input_shape, input_dim, patch_size, hidden_size, depth, num_heads, mlp_ratio, num_classes,
+            class_dropout_prob, learn_sigma, num_steps,
         )
         # === Layers === (attributes only after `super().__init__`, which torch requires)
         patch_embedding = PatchEmbedding(patch_size, hidden_size, dtype=dtype, name="x_embedder")
@@ -142,18 +132,14 @@ class SiTBackbone(keras.Model):
         self.unpatchify = unpatchify
 
         # === Config ===
+        arguments = locals()
+        self.architecture = {name: arguments[name] for name in ARCHITECTURE_DEFAULTS}
+        if input_shape is not None:
+            self.architecture["input_shape"] = tuple(int(v) for v in input_shape)
         self.data_shape = data_shape
-        self.input_shape_arg = None if input_shape is None else tuple(input_shape)
-        self.input_dim = input_dim
-        self.patch_size = patch_size
-        self.hidden_size = hidden_size
-        self.depth = depth
-        self.num_heads = num_heads
-        self.mlp_ratio = mlp_ratio
-        self.num_classes = num_classes
-        self.class_dropout_prob = class_dropout_prob
-        self.learn_sigma = learn_sigma
-        self.num_steps = num_steps
+        for name, value in self.architecture.items():
+            if name != "input_shape":  # `Model.input_shape` is Keras' own property
+                setattr(self, name, value)
         self.seed = seed
         self.initialize_weights(seed)
 
@@ -206,21 +192,14 @@ class SiTBackbone(keras.Model):
         zero(self.final_layer.linear)
 
     def get_config(self):
+        architecture = dict(self.architecture)
+        if architecture["input_shape"] is not None:
+            architecture["input_shape"] = list(architecture["input_shape"])
         return {
             "name": self.name,
             "trainable": self.trainable,
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-            "input_shape": None if self.input_shape_arg is None else list(self.input_shape_arg),
-            "input_dim": self.input_dim,
-            "patch_size": self.patch_size,
-            "hidden_size": self.hidden_size,
-            "depth": self.depth,
-            "num_heads": self.num_heads,
-            "mlp_ratio": self.mlp_ratio,
-            "num_classes": self.num_classes,
-            "class_dropout_prob": self.class_dropout_prob,
-            "learn_sigma": self.learn_sigma,
-            "num_steps": self.num_steps,
+            **architecture,
             "seed": self.seed,
         }
 
@@ -230,3 +209,13 @@ class SiTBackbone(keras.Model):
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)
+
+
+# The architecture arguments and their defaults, read from the constructor's
+# signature so that they are declared once: `SiT` forwards these, and
+# `keras_sit.presets` fills them in.
+ARCHITECTURE_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(SiTBackbone.__init__).parameters.items()
+    if name not in ("self", "seed", "dtype", "kwargs")
+}

@@ -35,7 +35,9 @@ import pickle
 import numpy as np
 from keras import ops
 
+from keras_sit.model import SiT
 from keras_sit.presets import OFFICIAL_NUM_HEADS
+from keras_sit.validation import resolve_depth_alias
 
 # Overrides that describe the network; everything else goes to `SiT` as is.
 _INFERRED = ("patch_size", "hidden_size", "depth", "mlp_ratio")
@@ -226,9 +228,7 @@ def import_official_checkpoint(source, input_channels=None, **overrides):
     The returned model has `time_convention="official"` (see the module
     docstring), so its `velocity`/`generate` work in keras_sit's time.
     """
-    if "num_layers" in overrides:  # `SiT`'s alias of depth
-        overrides = dict(overrides)
-        overrides["depth"] = overrides.pop("num_layers")
+    overrides = resolve_depth_alias(dict(overrides), None)
     if overrides.get("num_steps", 1) != 1:
         raise ValueError(f"`num_steps` must be 1: the official network embeds raw t; got {overrides['num_steps']!r}.")
     if overrides.get("input_dim") is not None:
@@ -242,8 +242,6 @@ def import_official_checkpoint(source, input_channels=None, **overrides):
             keep = np.arange(rows) % (2 * channels) < channels
             for suffix in ("weight", "bias"):
                 state[f"final_layer.linear.{suffix}"] = state[f"final_layer.linear.{suffix}"][keep]
-
-    from keras_sit.model import SiT  # lazily: model.py may import this module
 
     sit = SiT(**{**overrides, **config, "num_steps": 1, "time_convention": "official"})
     expected = _official_variables(sit.backbone)

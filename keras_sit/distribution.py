@@ -19,11 +19,13 @@ as a single-device run, up to float rounding.
 
 This module imports on every backend, but in Keras 3.15 `keras.distribution`
 is implemented for JAX only (TensorFlow has a prototype, PyTorch nothing),
-so the constructors raise on other backends; see the README for
+so the constructors raise on other backends; see docs/distribution.md for
 `tf.distribute` and PyTorch.
 """
 
 import keras
+
+from keras_sit.validation import check_positive_int
 
 # Megatron-style tensor parallelism. Each pair of matmuls splits the hidden
 # features between devices: the first is column-parallel (kernel and bias split
@@ -120,8 +122,7 @@ def model_parallel(model_parallel_size, devices=None, batch_axis="batch", model_
             needs even shards), instead of failing when the model is built.
     """
     devices = _device_list(devices)
-    if isinstance(model_parallel_size, bool) or not isinstance(model_parallel_size, int) or model_parallel_size < 1:
-        raise ValueError(f"`model_parallel_size` must be a positive int; got {model_parallel_size!r}.")
+    check_positive_int("model_parallel_size", model_parallel_size)
     if len(devices) % model_parallel_size:
         raise ValueError(
             f"`model_parallel_size` ({model_parallel_size}) must divide the number of devices ({len(devices)})."
@@ -148,6 +149,26 @@ def model_parallel(model_parallel_size, devices=None, batch_axis="batch", model_
     return keras.distribution.ModelParallel(layout_map=sit_layout_map(mesh, model_axis), batch_dim_name=batch_axis)
 
 
+def shard_batch(*tensors):
+    """Under a `keras.distribution`, split sampling inputs across its batch axis.
+
+    Otherwise, or when the batch does not divide evenly, they are returned
+    as they are and every device samples the whole batch. None entries stay
+    None.
+    """
+    distribution = keras.distribution.distribution()
+    if distribution is None or getattr(distribution, "batch_dim_name", None) is None:
+        return tensors
+    mesh = distribution.device_mesh
+    devices = mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)]
+    if tensors[0].shape[0] % devices:
+        return tensors
+    return tuple(
+        None if t is None else keras.distribution.distribute_tensor(t, distribution.get_data_layout(t.shape))
+        for t in tensors
+    )
+
+
 def _device_list(devices):
     if devices is None:
         _require_jax()
@@ -163,5 +184,5 @@ def _require_jax():
     if backend != "jax":
         raise RuntimeError(
             f"keras.distribution runs on the JAX backend only (this is {backend!r}). For TensorFlow and "
-            "PyTorch, see the README section 'Multi-device and multi-host'."
+            "PyTorch, see docs/distribution.md."
         )

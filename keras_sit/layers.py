@@ -1,6 +1,6 @@
 """The pieces of the SiT network, one short class each.
 
-The maths follows the official SiT/DiT `models.py` (see the README): patch
+The maths follows the official SiT/DiT `models.py` (docs/architecture.md): patch
 embedding plus a fixed sin-cos position table, a continuous timestep embedding,
 a label embedding with a null class for classifier-free guidance, adaLN-Zero
 transformer blocks and a final adaLN layer. Everything is channels-last.
@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_sit import backend
+from keras_sit import fused
 
 LAYER_NORM_EPSILON = 1e-6  # official value; Keras' default is 1e-3
 
@@ -46,7 +46,7 @@ def sincos_2d(embed_dim, grid_height, grid_width):
 
 def modulate(x, shift, scale):
     """adaLN modulation `x * (1 + scale) + shift`, broadcast over tokens."""
-    return backend.add_product(shift[:, None, :], x, ops.add(1.0, scale[:, None, :]))
+    return fused.add_product(shift[:, None, :], x, ops.add(1.0, scale[:, None, :]))
 
 
 def dense_over_tokens(dense, x):
@@ -58,7 +58,7 @@ def dense_over_tokens(dense, x):
     reshapes of contiguous tokens cost no copy on any backend.
     """
     tokens = x.shape[1]
-    y = backend.dense_2d(dense, ops.reshape(x, (-1, x.shape[-1])))
+    y = fused.dense(dense, ops.reshape(x, (-1, x.shape[-1])))
     return ops.reshape(y, (-1, tokens, dense.units))
 
 
@@ -350,8 +350,8 @@ class SiTBlock(keras.layers.Layer):
     def call(self, x, c):
         chunks = ops.split(self.adaLN_modulation(ops.silu(c)), 6, axis=-1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = chunks
-        x = backend.add_product(x, gate_msa[:, None, :], self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
-        return backend.add_product(x, gate_mlp[:, None, :], self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        x = fused.add_product(x, gate_msa[:, None, :], self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
+        return fused.add_product(x, gate_mlp[:, None, :], self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
 
     def compute_output_shape(self, x_shape, c_shape):
         return x_shape

@@ -16,10 +16,28 @@ import keras
 from keras import ops
 
 
+def per_example(values, x):
+    """Per-example values `[B]` reshaped to `[B, 1, ..., 1]`, to broadcast against `x`."""
+    return ops.reshape(values, (-1,) + (1,) * (len(x.shape) - 1))
+
+
 def broadcast_time(t, x):
-    """Reshape per-example times `[B]` to `[B, 1, ..., 1]` in `x`'s dtype."""
-    t = ops.cast(t, x.dtype)
-    return ops.reshape(t, (-1,) + (1,) * (len(x.shape) - 1))
+    """Per-example times `[B]` as `[B, 1, ..., 1]` in `x`'s dtype."""
+    return per_example(ops.cast(t, x.dtype), x)
+
+
+def time_vector(t, x):
+    """A time for each example of `x`, `[B]` in `x`'s dtype.
+
+    `t` is a scalar (Python or tensor: one time for the whole batch) or
+    already `[B]`.
+    """
+    batch = x.shape[0]
+    if len(getattr(t, "shape", ())) == 0:
+        return ops.cast(t, x.dtype) * ops.ones((ops.shape(x)[0],), x.dtype)
+    if batch is not None and tuple(t.shape) != (batch,):
+        raise ValueError(f"`t` must be a scalar or have shape ({batch},), one time per example; got shape {tuple(t.shape)}.")
+    return ops.cast(t, x.dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_sit")

@@ -6,12 +6,14 @@ and the conditioning (`input_shape`, `num_classes`, `learn_sigma`, ...) are
 the caller's, because they depend on the data. The official ImageNet 256 px
 models use `input_shape=(32, 32, 4), num_classes=1000, learn_sigma=True`.
 
-`parameter_count` gives the size of a preset model without building it, so
-that the XL models (675M parameters) can be sized without allocating them.
+Presets are data: `SiT.from_preset(name, **overrides)` builds a model from
+one, and `parameter_count` gives its size without building it, so that the
+XL models (675M parameters) can be sized without allocating them.
 """
 
-from keras_sit.backbone import validate_architecture
+from keras_sit.backbone import ARCHITECTURE_DEFAULTS, validate_architecture
 from keras_sit.functions import output_size
+from keras_sit.validation import resolve_depth_alias
 
 _SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 
@@ -25,66 +27,30 @@ PRESETS = {
 # uses it because the number of heads is not visible in a state dict.
 OFFICIAL_NUM_HEADS = {hidden: heads for _, hidden, heads in _SIZES.values()}
 
-# `SiTBackbone`'s defaults for the keys that change the parameter count.
-_DEFAULTS = {"input_shape": None, "input_dim": None, "mlp_ratio": 4.0, "num_classes": None,
-             "class_dropout_prob": 0.1, "learn_sigma": False}
-
 
 def preset_config(name, **overrides):
     """The preset's architecture updated with `overrides` (they win).
 
-    `num_layers` is read as `depth`, as `SiT` does.
+    `num_layers` is read as `depth`, as `SiT` does. `SiT.from_preset(name,
+    **overrides)` builds the model.
     """
     if name not in PRESETS:
         raise ValueError(f"Unknown preset `name` {name!r}; valid names: {', '.join(PRESETS)}.")
-    overrides = dict(overrides)
-    if "num_layers" in overrides:
-        num_layers = overrides.pop("num_layers")
-        if "depth" in overrides and overrides["depth"] != num_layers:
-            raise ValueError(
-                f"`num_layers` is an alias of `depth`; got depth={overrides['depth']}, num_layers={num_layers}."
-            )
-        overrides["depth"] = num_layers
+    overrides = resolve_depth_alias(dict(overrides), PRESETS[name]["depth"])
     return {**PRESETS[name], **overrides}
 
 
-def sit_from_preset(name, **overrides):
-    """A `SiT` with the architecture of the official preset `name`.
-
-    Args:
-        name: one of `PRESETS`, e.g. `"SiT-XL/2"`.
-        **overrides: any `SiT` argument; `input_shape` (or `input_dim`) is
-            required. An architecture key given here replaces the preset's.
-
-    Example: `sit_from_preset("SiT-XL/2", input_shape=(32, 32, 4),
-    num_classes=1000, learn_sigma=True)` is the official 256 px model.
-    """
-    config = preset_config(name, **overrides)
-    if config.get("input_shape") is None and config.get("input_dim") is None:
-        raise ValueError(
-            f"`sit_from_preset({name!r})` needs `input_shape` (or `input_dim`); the official 256 px "
-            "models use input_shape=(32, 32, 4), num_classes=1000, learn_sigma=True."
-        )
-    from keras_sit.model import SiT  # lazily: model.py may import this module
-
-    return SiT(**config)
-
-
 def parameter_count(name, input_shape=None, num_classes=None, learn_sigma=False, **overrides):
-    """Parameters of `sit_from_preset(name, input_shape=..., ...)`, without building it.
+    """Parameters of `SiT.from_preset(name, input_shape=..., ...)`, without building it.
 
     Counts every weight, the fixed position table included, as the official
     `sum(p.numel() for p in model.parameters())` and Keras' `count_params()`
     do. Takes the same overrides; those that do not change the size (seed,
     path, num_steps, ...) are ignored.
     """
-    config = {**_DEFAULTS, **preset_config(name, **overrides)}
+    config = {**ARCHITECTURE_DEFAULTS, **preset_config(name, **overrides)}
     config.update(input_shape=input_shape, num_classes=num_classes, learn_sigma=learn_sigma)
-    data_shape = validate_architecture(
-        config["input_shape"], config["input_dim"], config["patch_size"], config["hidden_size"],
-        config["depth"], config["num_heads"], config["mlp_ratio"], config["num_classes"],
-        config["class_dropout_prob"], 1,
-    )
+    data_shape = validate_architecture(**{key: config[key] for key in ARCHITECTURE_DEFAULTS})
     p, d = config["patch_size"], config["hidden_size"]
     mlp = int(d * config["mlp_ratio"])
     if len(data_shape) == 3:

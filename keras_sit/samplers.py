@@ -18,6 +18,8 @@ import keras
 from keras import ops
 
 from keras_sit import backend  # the likelihood's vector-Jacobian product
+from keras_sit.paths import per_example, time_vector
+from keras_sit.validation import check_positive_int
 
 
 def _euler_step(drift, x, t, h):
@@ -47,16 +49,6 @@ def _rk4_step(drift, x, t, h):
 ODE_METHODS = {"euler": (_euler_step, 1), "midpoint": (_midpoint_step, 2), "heun": (_heun_step, 2), "rk4": (_rk4_step, 4)}
 
 
-def _check_steps(num_steps):
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps <= 0:
-        raise ValueError(f"`num_steps` must be a positive int; got {num_steps!r}.")
-
-
-def _time_vector(value, x):
-    """Scalar time (Python or tensor) -> `[B]` in `x`'s dtype."""
-    return ops.cast(value, x.dtype) * ops.ones((ops.shape(x)[0],), x.dtype)
-
-
 def ode_nfe(method, num_steps):
     """Number of drift evaluations of a fixed-step ODE solve."""
     return ODE_METHODS[method][1] * num_steps
@@ -74,7 +66,7 @@ def ode_step(drift, x, i, num_steps, method="euler", t_start=1.0, t_end=0.0):
     """
     step, _ = ODE_METHODS[method]
     h = (t_end - t_start) / num_steps
-    t = _time_vector(t_start + ops.cast(i, "float32") * h, x)
+    t = time_vector(t_start + ops.cast(i, "float32") * h, x)
     return step(drift, x, t, h)
 
 
@@ -88,7 +80,7 @@ def integrate_ode(drift, x, num_steps, method="euler", t_start=1.0, t_end=0.0, r
     """
     if method not in ODE_METHODS:
         raise ValueError(f"`method` must be one of {sorted(ODE_METHODS)}; got {method!r}.")
-    _check_steps(num_steps)
+    check_positive_int("num_steps", num_steps)
     t_start, t_end = _ode_interval(t_start, t_end, reverse)
     x = ops.convert_to_tensor(x)
     return ops.fori_loop(0, num_steps, lambda i, x: ode_step(drift, x, i, num_steps, method, t_start, t_end), x)
@@ -134,9 +126,8 @@ def dopri5(drift, x, t_start=1.0, t_end=0.0, atol=1e-6, rtol=1e-3, first_step=0.
     elif reverse:
         direction = -direction
     batch = ops.shape(x)[0]
-    expand = (-1,) + (1,) * (len(x.shape) - 1)
-    t = _time_vector(t_start, x)
-    h = _time_vector(direction * first_step, x)
+    t = time_vector(t_start, x)
+    h = time_vector(direction * first_step, x)
 
     def cond(i, x, t, h, nfe):
         remaining = ops.any(direction * (t_end - t) > 1e-7)
@@ -144,7 +135,7 @@ def dopri5(drift, x, t_start=1.0, t_end=0.0, atol=1e-6, rtol=1e-3, first_step=0.
 
     def body(i, x, t, h, nfe):
         h = direction * ops.minimum(direction * h, direction * (t_end - t))  # land on t_end
-        hb = ops.reshape(h, expand)
+        hb = per_example(h, x)
         stages = []
         for c, a in zip(_DOPRI_C, _DOPRI_A):
             xi = x
@@ -158,7 +149,7 @@ def dopri5(drift, x, t_start=1.0, t_end=0.0, atol=1e-6, rtol=1e-3, first_step=0.
         norm = ops.sqrt(ops.mean(ops.reshape(ops.square(error / scale), (batch, -1)), axis=1))
         active = direction * (t_end - t) > 1e-7
         accept = ops.logical_and(active, norm <= 1.0)
-        x = ops.where(ops.reshape(accept, expand), x_new, x)
+        x = ops.where(per_example(accept, x), x_new, x)
         t = ops.where(accept, t + h, t)
         factor = ops.clip(0.9 * ops.power(ops.maximum(norm, 1e-10), -0.2), 0.2, 10.0)
         return i + 1, x, t, h * factor, nfe + 7
@@ -271,10 +262,10 @@ def integrate_sde(velocity_and_score, x, noise, t_start, t_end, diffusion, metho
 def sde_step(velocity_and_score, x, z, i, num_steps, t_start, t_end, diffusion, method="euler"):
     """Step `i` of `integrate_sde`'s grid with the Gaussian increment `z`."""
     h = (t_start - t_end) / num_steps
-    t = _time_vector(t_start - ops.cast(i, "float32") * h, x)
+    t = time_vector(t_start - ops.cast(i, "float32") * h, x)
 
     def spread(t):
-        return ops.reshape(diffusion(t), (-1,) + (1,) * (len(x.shape) - 1))
+        return per_example(diffusion(t), x)
 
     def denoising_drift(x, t):
         v, s = velocity_and_score(x, t)
@@ -301,12 +292,11 @@ def sde_last_step(kind, velocity_and_score, x, t, h, diffusion, path):
     if kind not in LAST_STEPS:
         raise ValueError(f"`last_step` must be one of {LAST_STEPS}; got {kind!r}.")
     v, s = velocity_and_score(x, t)
-    shape = (-1,) + (1,) * (len(x.shape) - 1)
     if kind == "euler":
         return x - h * v
     if kind == "mean":
-        return x + h * (ops.reshape(diffusion(t), shape) * s - v)
-    a, b = (ops.reshape(f(t), shape) for f in (path.alpha, path.beta))
+        return x + h * (per_example(diffusion(t), x) * s - v)
+    a, b = (per_example(f(t), x) for f in (path.alpha, path.beta))
     return (x + ops.square(b) * s) / a
 
 

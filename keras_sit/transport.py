@@ -13,7 +13,7 @@ derivatives, everything follows from `x_t` and the velocity `v = a' x + b' eps`:
 
 `D >= 0` is the official `drift_var` (the diffusion matching the path). These
 formulas are the official ones with both the velocity and the derivatives taken
-in our time, which leaves them unchanged (spec 1.3 and 3). The training step and
+in our time, which leaves them unchanged. The training step and
 every sampler go through `to_velocity`/`to_score`/`to_noise`/`to_data`, so each
 conversion exists once.
 """
@@ -23,6 +23,7 @@ from keras import ops
 
 from keras_sit.functions import sample_interpolant_time
 from keras_sit.paths import VPPath, broadcast_time, get_path
+from keras_sit.validation import check_choice, check_number
 
 PREDICTIONS = ("velocity", "score", "noise")
 LOSS_WEIGHTS = (None, "velocity", "likelihood")
@@ -53,20 +54,23 @@ class Transport:
 
     def __init__(self, path="linear", prediction="velocity", loss_weight=None, train_eps=None, sample_eps=None,
                  time_sampler="uniform", time_loc=0.0, time_scale=1.0):
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"`prediction` must be one of {PREDICTIONS}; got {prediction!r}.")
-        if loss_weight not in LOSS_WEIGHTS:
-            raise ValueError(f"`loss_weight` must be one of {LOSS_WEIGHTS}; got {loss_weight!r}.")
+        check_choice("prediction", prediction, PREDICTIONS)
+        check_choice("loss_weight", loss_weight, LOSS_WEIGHTS)
         if loss_weight is not None and prediction == "velocity":
             raise ValueError("`loss_weight` applies to score and noise predictions; velocity losses are unweighted.")
-        if time_sampler not in TIME_SAMPLERS:
-            raise ValueError(f"`time_sampler` must be one of {TIME_SAMPLERS}; got {time_sampler!r}.")
-        if not time_scale > 0:
-            raise ValueError(f"`time_scale` must be positive; got {time_scale!r}.")
+        check_choice("time_sampler", time_sampler, TIME_SAMPLERS)
+        check_number("time_loc", time_loc)
+        check_number("time_scale", time_scale, low=0.0, include_low=False)
         for name, value in (("train_eps", train_eps), ("sample_eps", sample_eps)):
-            if value is not None and not 0.0 <= value < 0.5:
-                raise ValueError(f"`{name}` must be in [0, 0.5); got {value!r}.")
+            if value is not None:
+                check_number(name, value, 0.0, 0.5)
         self.path = get_path(path)
+        # The arguments as given (None means "the official default"), for `get_config`.
+        self._config = {
+            "path": path if isinstance(path, str) else keras.saving.serialize_keras_object(self.path),
+            "prediction": prediction, "loss_weight": loss_weight, "train_eps": train_eps, "sample_eps": sample_eps,
+            "time_sampler": time_sampler, "time_loc": float(time_loc), "time_scale": float(time_scale),
+        }
         self.prediction = prediction
         self.loss_weight = loss_weight
         self.is_vp = isinstance(self.path, VPPath)
@@ -184,12 +188,5 @@ class Transport:
         return (x - b * self.to_noise(output, x, t)) / a
 
     def get_config(self):
-        return {
-            "prediction": self.prediction,
-            "loss_weight": self.loss_weight,
-            "train_eps": self.train_eps,
-            "sample_eps": self.sample_eps,
-            "time_sampler": self.time_sampler,
-            "time_loc": self.time_loc,
-            "time_scale": self.time_scale,
-        }
+        """The constructor's arguments as given: `Transport(**config)` rebuilds it."""
+        return dict(self._config)

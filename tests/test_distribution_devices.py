@@ -74,9 +74,7 @@ def _run_on_four_devices(out_dir):
         arrays, summary["layouts"][name] = _train_and_sample(make())
         np.savez(out_dir / f"{name}.npz", **arrays)
     with distribution.data_parallel().scope():  # generate's inputs: split, not replicated
-        from keras_sit.model import _along_batch_axis
-
-        inputs = _along_batch_axis(keras.ops.zeros((BATCH, 4)), keras.ops.arange(BATCH))
+        inputs = distribution.shard_batch(keras.ops.zeros((BATCH, 4)), keras.ops.arange(BATCH))
         summary["sampling_input_specs"] = [list(t.sharding.spec) for t in inputs]
     with distribution.model_parallel(4).scope():  # pure tensor parallelism: layouts only
         summary["layouts"]["model_parallel_1x4"] = _layouts(keras_sit.SiT(**ARCHITECTURE).variables)

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_sit import backend, layers
+from keras_sit import fused, layers
 from tests import reference
 from tests.conftest import to_numpy
 
@@ -87,7 +87,7 @@ def test_add_product_broadcasts_and_promotes_as_keras(rng, dtypes):
     # On PyTorch, equal dtypes run as one addcmul; mixed ones keep Keras' promotion.
     shapes = [(2, 1, 3), (2, 4, 3), (2, 1, 3)]
     x, y, z = (keras.ops.convert_to_tensor(rng.normal(size=shape), dtype) for shape, dtype in zip(shapes, dtypes))
-    out = backend.add_product(x, y, z)
+    out = fused.add_product(x, y, z)
     x, y, z = (to_numpy(v).astype("float64") for v in (x, y, z))
     assert tuple(out.shape) == (2, 4, 3)
     assert keras.backend.standardize_dtype(out.dtype) == keras.backend.result_type(*dtypes)

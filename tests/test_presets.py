@@ -2,13 +2,16 @@
 
 import gc
 
+import keras
+
 import pytest
 
-from keras_sit.presets import PRESETS, parameter_count, sit_from_preset
+from keras_sit import SiT
+from keras_sit.presets import PRESETS, parameter_count
 
 OFFICIAL = dict(input_shape=(32, 32, 4), num_classes=1000, learn_sigma=True)
 
-# The official table (spec section 7): sum(numel) with the position table, 256 px latents.
+# The official table : sum(numel) with the position table, 256 px latents.
 OFFICIAL_PARAMETERS = {
     "SiT-S/2": 32_963_360, "SiT-S/4": 32_945_024, "SiT-S/8": 33_148_160,
     "SiT-B/2": 130_512_416, "SiT-B/4": 130_475_648, "SiT-B/8": 130_881_536,
@@ -35,7 +38,7 @@ def test_parameter_count_at_512_px():
 @pytest.mark.parametrize("name", ["SiT-S/2", "SiT-S/4", "SiT-S/8"])
 def test_built_preset_has_the_official_count(name):
     """Real models: proves `parameter_count` describes what `SiT` builds."""
-    model = sit_from_preset(name, **OFFICIAL, seed=0)
+    model = SiT.from_preset(name, **OFFICIAL, seed=0)
     assert {k: model.backbone.get_config()[k] for k in PRESETS[name]} == PRESETS[name]
     assert model.count_params() == OFFICIAL_PARAMETERS[name]
     del model
@@ -54,24 +57,35 @@ def test_built_preset_has_the_official_count(name):
 def test_parameter_count_matches_small_built_variants(overrides):
     """The formula's other branches, on shrunk presets (overrides win over the preset)."""
     small = dict(depth=2, hidden_size=32, num_heads=4, patch_size=2, seed=0)
-    model = sit_from_preset("SiT-XL/2", **small, **overrides)
+    model = SiT.from_preset("SiT-XL/2", **small, **overrides)
     assert model.backbone.depth == 2 and model.backbone.hidden_size == 32
     assert parameter_count("SiT-XL/2", **small, **overrides) == model.count_params()
 
 
 def test_num_layers_is_depth():
-    model = sit_from_preset("SiT-S/8", num_layers=1, hidden_size=32, num_heads=2, input_shape=(8, 8, 1), seed=0)
+    model = SiT.from_preset("SiT-S/8", num_layers=1, hidden_size=32, num_heads=2, input_shape=(8, 8, 1), seed=0)
     assert model.backbone.depth == 1
     with pytest.raises(ValueError, match="alias"):
-        sit_from_preset("SiT-S/8", num_layers=1, depth=2, input_shape=(8, 8, 1))
+        SiT.from_preset("SiT-S/8", num_layers=1, depth=2, input_shape=(8, 8, 1))
 
 
 def test_bad_names_and_missing_shape():
     with pytest.raises(ValueError, match="SiT-XL/2"):  # lists the valid names
-        sit_from_preset("SiT-M/2", input_shape=(32, 32, 4))
+        SiT.from_preset("SiT-M/2", input_shape=(32, 32, 4))
     with pytest.raises(ValueError, match="name"):
         parameter_count("sit-s/2", (32, 32, 4))
     with pytest.raises(ValueError, match="input_shape"):
-        sit_from_preset("SiT-S/2")
+        SiT.from_preset("SiT-S/2")
     with pytest.raises(ValueError, match="divisible"):
         parameter_count("SiT-S/8", (36, 36, 4))
+
+
+def test_from_preset_builds_the_class_it_is_called_on():
+    @keras.saving.register_keras_serializable(package="test_presets")
+    class TaggedSiT(SiT):
+        """A user's subclass: `from_preset` must build it, not a plain `SiT`."""
+
+    model = TaggedSiT.from_preset("SiT-S/8", depth=1, input_shape=(8, 8, 1), seed=0)
+    assert type(model) is TaggedSiT
+    assert model.backbone.depth == 1 and model.backbone.hidden_size == PRESETS["SiT-S/8"]["hidden_size"]
+    assert type(SiT.from_preset("SiT-S/8", depth=1, input_shape=(8, 8, 1), seed=0)) is SiT

@@ -1,0 +1,176 @@
+"""Argument and input checks, one validator per kind of argument.
+
+Every public entry point checks what it is given here, before any backend
+sees it, so bad input raises a `TypeError` or `ValueError` that names the
+argument and says what was expected. The checks on data and labels are
+static: they read only `.shape` and `.dtype`, so they work on arrays,
+tensors, `keras.KerasTensor`s and `tf.TensorSpec`s alike.
+"""
+
+import math
+
+import keras
+import numpy as np
+
+SEED_LIMIT = 2**31 - 1  # seeds feed int32 generators
+
+
+def check_positive_int(name, value, allow_none=False):
+    """An int > 0 (NumPy ints included, bools not); None too if `allow_none`."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be a positive int; got {value!r} of type {type(value).__name__}.")
+    if isinstance(value, bool) or value <= 0:  # a bool is an int of the wrong meaning
+        raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
+
+
+def check_number(name, value, low=-math.inf, high=math.inf, include_low=True, include_high=False):
+    """A finite real number (not a bool) between `low` and `high`; returns it as a float.
+
+    The bounds are included or not by `include_low` and `include_high`.
+    """
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
+            or not math.isfinite(value)):
+        raise TypeError(f"`{name}` must be a finite number; got {value!r}.")
+    above = value >= low if include_low else value > low
+    below = value <= high if include_high else value < high
+    if not (above and below):
+        if (low, include_low, high) == (0.0, False, math.inf):
+            raise ValueError(f"`{name}` must be positive; got {value!r}.")
+        bounds = f"{'[' if include_low else '('}{low}, {high}{']' if include_high else ')'}"
+        raise ValueError(f"`{name}` must be in {bounds}; got {value!r}.")
+    return float(value)
+
+
+def check_bool(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool; got {value!r}.")
+
+
+def check_choice(name, value, choices):
+    """`value` is one of `choices` (compared with `==`, so None may be a choice)."""
+    if not any(value == choice and type(value) is type(choice) for choice in choices):
+        raise ValueError(f"`{name}` must be one of {tuple(choices)}; got {value!r}.")
+
+
+def check_pair(name, value, low=None, high=None, strict=False):
+    """A pair `(lo, hi)` of numbers with `lo <= hi` (`lo < hi` if `strict`),
+    within `[low, high]` where given; returns it as floats."""
+    condition = f"lo {'<' if strict else '<='} hi"
+    if low is None:
+        expected = f"must be a pair (lo, hi) with {condition}"
+    else:
+        expected = f"must satisfy {low} <= {condition} <= {high}, a pair (lo, hi)"
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` {expected}; got {value!r}.") from None
+    inside = low is None or (low <= lo and hi <= high)
+    if not (inside and (lo < hi if strict else lo <= hi)):
+        raise ValueError(f"`{name}` {expected}; got {value!r}.")
+    return lo, hi
+
+
+def check_seed(seed):
+    """An int in `[0, 2**31 - 1)`, or None."""
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"`seed` must be an int or None; got {seed!r}.")
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"`seed` must be in [0, 2**31 - 1) (it seeds int32 generators); got {seed}.")
+
+
+def resolve_depth_alias(config, default_depth):
+    """Read `num_layers` in the dict `config` as `depth` (in place).
+
+    `num_layers` is the name of the reference API; both may be given only if
+    they agree (or `depth` is its default).
+    """
+    if "num_layers" not in config:
+        return config
+    num_layers = config.pop("num_layers")
+    depth = config.get("depth", default_depth)
+    if depth not in (default_depth, num_layers):
+        raise ValueError(f"`num_layers` is an alias of `depth`; got depth={depth}, num_layers={num_layers}.")
+    config["depth"] = num_layers
+    return config
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+def check_data(x, data_shape, name):
+    """`x` is `[B, *data_shape]` (any batch size)."""
+    shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+    kind = "images (batch, height, width, channels)" if len(data_shape) == 3 else "vectors (batch, dim)"
+    if len(shape) != len(data_shape) + 1 or any(s is not None and s != d for s, d in zip(shape[1:], data_shape)):
+        expected = ", ".join(map(str, data_shape))
+        raise ValueError(f"`{name}` must be {kind} of shape (batch, {expected}); got shape {shape}.")
+
+
+def check_labels(labels, batch, name="labels"):
+    """Integer class indices of shape `[B]` (or `[B, 1]`)."""
+    shape = tuple(labels.shape)
+    if len(shape) == 2 and shape[1] == 1:
+        shape = shape[:1]
+    if len(shape) != 1:
+        raise ValueError(f"`{name}` must be class indices of shape (batch,); got shape {shape}.")
+    if shape[0] is not None and batch is not None and shape[0] != batch:
+        raise ValueError(f"`{name}` must have one label per example ({batch}); got {shape[0]}.")
+    dtype = keras.backend.standardize_dtype(labels.dtype)
+    if "int" not in dtype:
+        raise TypeError(f"`{name}` must be integer class indices; got dtype {dtype}.")
+
+
+def split_inputs(inputs):
+    """`x`, `(x, labels)` or `{"x": x, "labels": labels}` -> `(x, labels)`."""
+    if isinstance(inputs, dict):
+        unknown = set(inputs) - {"x", "labels"}
+        if "x" not in inputs or unknown:
+            raise ValueError(f"Dict inputs take the keys 'x' and 'labels'; got {sorted(inputs)}.")
+        return inputs["x"], inputs.get("labels")
+    if isinstance(inputs, (tuple, list)):
+        if len(inputs) != 2:
+            raise ValueError(f"Tuple inputs must be `(x, labels)`; got {len(inputs)} elements.")
+        return tuple(inputs)
+    return inputs, None
+
+
+def element_spec_inputs(x, y):
+    """What static checks can see of `fit`'s `x, y` before training: arrays,
+    tensors, or a `tf.data.Dataset`'s element spec, as `(x, labels)`."""
+    if hasattr(x, "element_spec"):  # tf.data.Dataset
+        spec = x.element_spec
+        x, y = (spec[0], spec[1] if len(spec) > 1 else None) if isinstance(spec, tuple) else (spec, None)
+    if isinstance(x, dict):
+        x, y = x.get("x"), x.get("labels", y)
+    return x, y
+
+
+def sampling_labels(labels, num_samples, num_classes, null_class):
+    """Labels for sampling as an int32 NumPy array `[num_samples]`, or None.
+
+    An int is one class for every sample; None means the null class for a
+    conditional model (which must have one).
+    """
+    if num_classes is None:
+        if labels is not None:
+            raise ValueError("`labels` were given, but this SiT is unconditional (num_classes=None).")
+        return None
+    if labels is None:
+        if null_class is None:
+            raise ValueError("This conditional SiT has no null class (class_dropout_prob=0): `labels` are required.")
+        labels = null_class
+    labels = np.asarray(labels)
+    if labels.ndim == 0:
+        labels = np.full((num_samples,), labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"`labels` must be integers; got dtype {labels.dtype}.")
+    if labels.shape != (num_samples,):
+        raise ValueError(f"`labels` must have shape ({num_samples},) (one per sample); got {labels.shape}.")
+    top = num_classes if null_class is None else num_classes + 1
+    if labels.min() < 0 or labels.max() >= top:
+        raise ValueError(f"`labels` must lie in [0, {num_classes}); got values in [{labels.min()}, {labels.max()}].")
+    return labels.astype("int32")
