@@ -1,15 +1,28 @@
 """Training and sampling speed of a SiT preset, as a fraction of the measured matmul peak.
 
-    KERAS_BACKEND=jax python benchmarks/benchmark.py                      # SiT-S/2, 32x32x4, batch 16
-    python benchmarks/benchmark.py --backends jax,tensorflow,torch        # one process each, one table
-    python benchmarks/benchmark.py --preset SiT-XL/2 --batch-size 64 --precision bfloat16 --json out.json
+    KERAS_BACKEND=jax python -m benchmarks.benchmark                    # SiT-S/2, 32x32x4, batch 16
+    python -m benchmarks.benchmark --backends jax,tensorflow,torch,plain-torch --json bench.json
+    python -m benchmarks.benchmark --preset SiT-XL/2 --batch-size 64 --precision bfloat16
+    python -m benchmarks.benchmark --mode alternate --preset SiT-S/8 --rounds 10
+    python -m benchmarks.benchmark --mode kernel-floor --repeats 10
 
-Reports, after warm-up: training images/s (compile time apart), sampling
-images/s for a sampler and step count with its NFE, the achieved FLOP/s from
-an analytic count (multiply-adds x 2; training = 3 x forward), that FLOP/s as a
-fraction of the sustained `matmul` FLOP/s measured here with the same backend
-and precision, between the timed steps (`MatmulPeak`), and peak memory. A
-benchmark, not a test: run it on a quiet machine.
+Run from the repository root. `--mode benchmark` (the default) reports,
+after warm-up: training images/s (compile time apart), sampling images/s for
+a sampler and step count with its NFE, the achieved FLOP/s from an analytic
+count (multiply-adds x 2; training = 3 x forward), that FLOP/s as a fraction
+of the sustained `matmul` FLOP/s measured with the same backend and
+precision between the timed steps (`MatmulPeak`), and peak memory. With
+`--backends` each backend runs in its own process (a process holds one Keras
+backend) and the rows come back as one table; `plain-torch` is the same
+network in plain PyTorch eager (`benchmarks/plain_torch_sit.py`).
+
+The other modes are the PyTorch comparisons, on Keras' torch backend:
+`--mode alternate` trains keras_sit and the plain PyTorch network a step of
+each in turn in one process (`benchmarks/alternate.py`), and
+`--mode kernel-floor` times only the kernels an eager PyTorch step cannot
+avoid, the most such a step could reach (`benchmarks/kernel_floor.py`).
+
+A benchmark, not a test: run it on a quiet machine.
 """
 
 import argparse
@@ -19,41 +32,86 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import JIT_COMPILE, MatmulPeak, device_name, parse_shape, sit_model, training_batch
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backends", help="comma-separated: run each in its own process and print one table; "
-                        "`plain-torch` is the same network in plain PyTorch eager (benchmarks/plain_torch_sit.py)")
+# The per-backend subprocesses run `python -m benchmarks.benchmark` from here.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+MODES = ("benchmark", "alternate", "kernel-floor")
+
+# The modes that read each option; giving one to another mode is an error rather than silently ignored.
+OPTION_MODES = {
+    "preset": MODES,
+    "input_shape": MODES,
+    "batch_size": MODES,
+    "num_classes": ("benchmark", "alternate"),
+    "jit_compile": ("benchmark", "alternate"),
+    "peak_size": ("benchmark", "kernel-floor"),
+    "rounds": ("alternate",),
+    "repeats": ("kernel-floor",),
+}  # every other option: "benchmark" only
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=MODES, default="benchmark",
+                        help="benchmark (default): the full benchmark; alternate: keras_sit against plain PyTorch "
+                        "in one process; kernel-floor: the best fraction of peak of an eager PyTorch step")
     parser.add_argument("--preset", default="SiT-S/2")
     parser.add_argument("--input-shape", default="32,32,4", help="H,W,C")
-    parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
-                        help="bfloat16 runs the `mixed_bfloat16` policy (float32 variables)")
-    parser.add_argument("--train-steps", type=int, default=10, help="timed steps after warm-up")
-    parser.add_argument("--warmup-steps", type=int, default=2)
-    parser.add_argument("--sampler", default="euler")
-    parser.add_argument("--sampling-steps", type=int, default=50)
-    parser.add_argument("--sampling-batch-size", type=int, help="default: --batch-size")
-    parser.add_argument("--cfg-scale", type=float, default=1.0)
-    parser.add_argument("--skip-sampling", action="store_true")
-    parser.add_argument("--overhead-rounds", type=int, default=3,
-                        help="pairs of a short sampling run and as many forward passes, for the per-step overhead")
-    parser.add_argument("--overhead-steps", type=int, default=10, help="sampling steps of each overhead round")
-    parser.add_argument("--jit-compile", default="best",
-                        help="'best' (default: XLA on JAX and TensorFlow, eager PyTorch), 'auto' (Keras' choice: "
-                        "no XLA for TensorFlow on a CPU-only machine), 'true' or 'false' (torch: true = torch.compile)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also time the forward pass of each part of a block (compiled alone) against its FLOPs")
+    parser.add_argument("--num-classes", type=int, default=1000, help="benchmark and alternate modes")
+    parser.add_argument("--jit-compile", default="best", type=str.lower, choices=list(JIT_COMPILE),
+                        help="benchmark and alternate modes: 'best' (default: XLA on JAX and TensorFlow, eager "
+                        "PyTorch), 'auto' (Keras' choice: no XLA for TensorFlow on a CPU-only machine), 'true' or "
+                        "'false' (torch: true = torch.compile)")
     parser.add_argument("--peak-size", type=int,
-                        help="side of the square matmul that measures the peak (default: best of 1024-3072 on CPU, 8192 on GPU)")
-    parser.add_argument("--plain-torch", action="store_true", help="train the plain PyTorch network instead (training only)")
-    parser.add_argument("--json", help="write the results here")
-    return parser.parse_args(argv)
+                        help="benchmark and kernel-floor modes: side of the square matmul that measures the peak "
+                        "(default: best of 1024-3072 on CPU, 8192 on GPU)")
+
+    full = parser.add_argument_group("--mode benchmark")
+    full.add_argument("--backends", help="comma-separated: run each in its own process and print one table; "
+                      "`plain-torch` is the same network in plain PyTorch eager (benchmarks/plain_torch_sit.py)")
+    full.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                      help="bfloat16 runs the `mixed_bfloat16` policy (float32 variables)")
+    full.add_argument("--train-steps", type=int, default=10, help="timed steps after warm-up")
+    full.add_argument("--warmup-steps", type=int, default=2)
+    full.add_argument("--sampler", default="euler")
+    full.add_argument("--sampling-steps", type=int, default=50)
+    full.add_argument("--sampling-batch-size", type=int, help="default: --batch-size")
+    full.add_argument("--cfg-scale", type=float, default=1.0)
+    full.add_argument("--skip-sampling", action="store_true")
+    full.add_argument("--overhead-rounds", type=int, default=3,
+                      help="pairs of a short sampling run and as many forward passes, for the per-step overhead")
+    full.add_argument("--overhead-steps", type=int, default=10, help="sampling steps of each overhead round")
+    full.add_argument("--profile", action="store_true",
+                      help="also time the forward pass of each part of a block (compiled alone) against its FLOPs")
+    full.add_argument("--plain-torch", action="store_true",
+                      help="train the plain PyTorch network instead (training only)")
+    full.add_argument("--json", help="write the results here")
+
+    parser.add_argument_group("--mode alternate").add_argument(
+        "--rounds", type=int, default=8, help="rounds of one timed step of each network")
+    parser.add_argument_group("--mode kernel-floor").add_argument(
+        "--repeats", type=int, default=5, help="timings of each kernel (the median counts)")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for key, value in vars(args).items():
+        modes = OPTION_MODES.get(key, ("benchmark",))
+        if key != "mode" and value != parser.get_default(key) and args.mode not in modes:
+            parser.error(f"--{key.replace('_', '-')} does not apply to --mode {args.mode}")
+    return args
 
 
 # --- FLOP count -----------------------------------------------------------------------------
@@ -107,146 +165,21 @@ def peak_memory_bytes():
 
             if tf.config.list_physical_devices("GPU"):
                 return tf.config.experimental.get_memory_info("GPU:0")["peak"], "device"
-    except Exception:  # memory statistics are best effort  # noqa: BLE001
+    except Exception:  # memory statistics are best effort
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host RSS"
 
 
-def device_name():
-    """The device the backend computes on: 'cpu', or the accelerator's name."""
-    import keras
-
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        device = jax.devices()[0]
-        return "cpu" if device.platform == "cpu" else device.device_kind
-    if backend == "torch":
-        import torch
-
-        return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus else "cpu"
-
-
-class MatmulPeak:
-    """The sustained FLOP/s of back-to-back square matmuls, measured alongside the model.
-
-    The backend's native compiled matmul runs back to back for a window of
-    seconds, and the rate is the window's FLOPs over its duration: the same
-    statistic as the model's images/s. `measure` is called between the model's
-    timed steps, so the peak is taken over the same minutes: on a shared
-    machine whose speed drifts, a peak measured once, earlier, is the wrong
-    yardstick, and the best single run (kept in `best_run` for reference)
-    reflects a moment of no contention, not a rate the model could sustain.
-    On a CPU the size is the best of 1024, 2048 and 3072 (one size can miss a
-    library's sweet spot); a GPU needs 8192 to reach its datasheet rate.
-    """
-
-    def __init__(self, dtype, size=None, window_s=1.0):
-        self.window_s = window_s
-        self.reset()
-        self.best_run = 0.0
-        if size is None and device_name() == "cpu":
-            candidates = [(self._runs(dtype, size), size) for size in (1024, 2048, 3072)]
-        else:
-            size = size or 8192
-            candidates = [(self._runs(dtype, size), size)]
-        options = [(run, size) for runs, size in candidates for run in runs]
-        for run, _ in options:
-            run()  # compile
-        # Pick the fastest kernel and size over a short window each, then start afresh.
-        rates = [self._window(run, size, window_s / 2) for run, size in options]
-        self.run, self.size = options[int(np.argmax(rates))]
-        self.reset()
-        self.best_run = 0.0
-
-    @staticmethod
-    def _runs(dtype, size):
-        """One callable per native matmul of the backend, each running one product to completion."""
-        import keras
-
-        backend = keras.backend.backend()
-        rng = np.random.default_rng(0)
-        a, b = (rng.standard_normal((size, size)).astype("float32") for _ in range(2))
-        if backend == "jax":
-            import jax
-            import jax.numpy as jnp
-
-            a, b = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
-            f = jax.jit(jnp.matmul)
-            return [lambda: f(a, b).block_until_ready()]
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            # TensorFlow's own kernel and XLA's: Keras compiles train steps with XLA.
-            a, b = tf.cast(a, dtype), tf.cast(b, dtype)
-            plain, xla = (tf.function(tf.matmul, jit_compile=jit) for jit in (False, True))
-            return [lambda: plain(a, b).numpy(), lambda: xla(a, b).numpy()]
-        import torch
-
-        a, b = (torch.as_tensor(m).to(getattr(torch, dtype)) for m in (a, b))
-        if torch.cuda.is_available():
-            a, b = a.cuda(), b.cuda()
-        sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-
-        def run():
-            with torch.no_grad():
-                torch.matmul(a, b)
-            sync()
-
-        return [run]
-
-    def _window(self, run, size, seconds):
-        flops, count = 2 * size**3, 0
-        start = last = time.perf_counter()
-        while last - start < seconds:
-            run()
-            now = time.perf_counter()
-            self.best_run = max(self.best_run, flops / (now - last))
-            count, last = count + 1, now
-        self.flops += count * flops
-        self.seconds += last - start
-        return count * flops / (last - start)
-
-    def reset(self):
-        """Start a new measurement (`best_run` carries over)."""
-        self.flops = self.seconds = 0.0
-
-    def measure(self):
-        """Add one window to the running measurement."""
-        self._window(self.run, self.size, self.window_s)
-
-    def around(self, fn):
-        """Seconds of `fn()`, and the peak over one window before and one after it alone."""
-        self.reset()
-        self.measure()
-        start = time.perf_counter()
-        fn()
-        seconds = time.perf_counter() - start
-        self.measure()
-        return seconds, self.rate
-
-    @property
-    def rate(self):
-        """FLOP/s over all windows so far."""
-        return self.flops / self.seconds
-
-
 def benchmark(args):
+    """The full benchmark of one backend in this process: the result's dictionary (one table row)."""
     import keras
-
-    import keras_sit
 
     backend = keras.backend.backend()
     if args.precision == "bfloat16":
         keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
-    shape = tuple(int(v) for v in args.input_shape.split(","))
+    shape = parse_shape(args.input_shape)
     if args.plain_torch:
-        from plain_torch_sit import PlainTorchTrainer
+        from benchmarks.plain_torch_sit import PlainTorchTrainer
 
         if args.precision != "float32":
             raise SystemExit("--plain-torch runs in float32 only")
@@ -254,14 +187,10 @@ def benchmark(args):
         config = model.config
         backend, args.skip_sampling, args.profile = "plain torch", True, False  # training only
     else:
-        model = keras_sit.SiT.from_preset(args.preset, input_shape=shape, num_classes=args.num_classes, seed=0)
-        jit = {"best": keras.backend.backend() != "torch", "auto": "auto", "true": True, "false": False}[args.jit_compile.lower()]
-        model.compile(jit_compile=jit)
+        model = sit_model(args.preset, shape, args.num_classes, args.jit_compile)
         config = model.get_config()
-    rng = np.random.default_rng(0)
     batch = args.batch_size
-    x = rng.standard_normal((batch, *shape)).astype("float32")
-    labels = rng.integers(0, args.num_classes, size=batch).astype("int32")
+    x, labels = training_batch(batch, shape, args.num_classes)
 
     start = time.perf_counter()
     model.train_on_batch(x, labels)  # builds and compiles the step
@@ -273,7 +202,7 @@ def benchmark(args):
     for _ in range(args.train_steps):
         peak.measure()
         start = time.perf_counter()
-        loss = model.train_on_batch(x, labels)  # returns a NumPy float: the step has finished
+        loss = model.train_on_batch(x, labels)  # returns the loss as a number: the step has finished
         step_s += (time.perf_counter() - start) / args.train_steps
     peak.measure()
     if not np.isfinite(loss):
@@ -300,48 +229,60 @@ def benchmark(args):
         "train_matmul_peak_gflops": peak.rate / 1e9,
     }
     if not args.skip_sampling:
-        sampling_batch = args.sampling_batch_size or batch
-        sample_labels = labels[:sampling_batch] if sampling_batch <= batch else rng.integers(0, args.num_classes, sampling_batch)
-        options = dict(labels=sample_labels, num_steps=args.sampling_steps, sampler=args.sampler, cfg_scale=args.cfg_scale)
-        start = time.perf_counter()
-        model.generate(sampling_batch, seed=0, **options)  # compiles the loop
-        first_s = time.perf_counter() - start
-        # Sampling is compared with the peak around its own run.
-        sample_s, sample_peak = peak.around(lambda: model.generate(sampling_batch, seed=1, **options))
-        nfe = keras_sit.samplers.ode_nfe(args.sampler, args.sampling_steps) if args.sampler in keras_sit.samplers.ODE_METHODS else None
-        guided = 2 if args.cfg_scale != 1.0 else 1
-        result.update(
-            sampler=args.sampler,
-            sampling_steps=args.sampling_steps,
-            sampling_batch_size=sampling_batch,
-            nfe=nfe,
-            sample_compile_s=max(first_s - sample_s, 0.0),
-            sample_s=sample_s,
-            sample_images_per_s=sampling_batch / sample_s,
-        )
-        if nfe is not None:
-            sample_flops = nfe * forward_flops(config, guided * sampling_batch) / sample_s
-            short = {**options, "num_steps": args.overhead_steps}
-            ratios, forward_s = sampling_overhead(
-                lambda: model.generate(sampling_batch, seed=2, **short),
-                keras_sit.samplers.ode_nfe(args.sampler, args.overhead_steps),
-                model, guided * sampling_batch, shape, args.num_classes, args.overhead_rounds,
-            )
-            result.update(
-                sample_gflops=sample_flops / 1e9,
-                sample_fraction_of_peak=sample_flops / sample_peak,
-                sample_matmul_peak_gflops=sample_peak / 1e9,
-                forward_s=forward_s,
-                overhead_sampling_steps=args.overhead_steps,
-                sampling_overhead_rounds=ratios,
-                sampling_overhead_per_step=float(np.median(ratios)),
-                loop_cost_per_step=loop_seconds_per_evaluation(model, args.sampler, sampling_batch, shape) / forward_s,
-            )
+        result.update(sampling(args, model, config, labels, peak))
     if args.profile:
         result["profile"] = profile_block(model, batch, peak.rate)
     memory, where = peak_memory_bytes()
-    result.update(peak_memory_gib=memory / 2**30, memory_measured=where,
-                  matmul_best_run_gflops=peak.best_run / 1e9)
+    result.update(peak_memory_gib=memory / 2**30, memory_measured=where, matmul_best_run_gflops=peak.best_run / 1e9)
+    return result
+
+
+def sampling(args, model, config, labels, peak):
+    """Sampling speed, its fraction of the peak and the sampling loop's overhead, as result entries."""
+    import keras_sit
+
+    shape, batch = tuple(config["input_shape"]), args.sampling_batch_size or args.batch_size
+    if batch <= len(labels):
+        sample_labels = labels[:batch]
+    else:
+        sample_labels = np.random.default_rng(1).integers(0, args.num_classes, batch).astype("int32")
+    options = dict(labels=sample_labels, num_steps=args.sampling_steps, sampler=args.sampler, cfg_scale=args.cfg_scale)
+    start = time.perf_counter()
+    model.generate(batch, seed=0, **options)  # compiles the loop
+    first_s = time.perf_counter() - start
+    # Sampling is compared with the peak around its own run.
+    sample_s, sample_peak = peak.around(lambda: model.generate(batch, seed=1, **options))
+    ode = args.sampler in keras_sit.samplers.ODE_METHODS
+    nfe = keras_sit.samplers.ode_nfe(args.sampler, args.sampling_steps) if ode else None
+    result = {
+        "sampler": args.sampler,
+        "sampling_steps": args.sampling_steps,
+        "sampling_batch_size": batch,
+        "nfe": nfe,
+        "sample_compile_s": max(first_s - sample_s, 0.0),
+        "sample_s": sample_s,
+        "sample_images_per_s": batch / sample_s,
+    }
+    if nfe is None:
+        return result
+    guided = 2 if args.cfg_scale != 1.0 else 1  # classifier-free guidance evaluates a doubled batch
+    sample_flops = nfe * forward_flops(config, guided * batch) / sample_s
+    short = {**options, "num_steps": args.overhead_steps}
+    ratios, forward_s = sampling_overhead(
+        lambda: model.generate(batch, seed=2, **short),
+        keras_sit.samplers.ode_nfe(args.sampler, args.overhead_steps),
+        model, guided * batch, shape, args.num_classes, args.overhead_rounds,
+    )
+    result.update(
+        sample_gflops=sample_flops / 1e9,
+        sample_fraction_of_peak=sample_flops / sample_peak,
+        sample_matmul_peak_gflops=sample_peak / 1e9,
+        forward_s=forward_s,
+        overhead_sampling_steps=args.overhead_steps,
+        sampling_overhead_rounds=ratios,
+        sampling_overhead_per_step=float(np.median(ratios)),
+        loop_cost_per_step=loop_seconds_per_evaluation(model, args.sampler, batch, shape) / forward_s,
+    )
     return result
 
 
@@ -358,9 +299,9 @@ def sampling_overhead(sample, nfe, model, batch, shape, num_classes, rounds):
     Alternates, `rounds` times, one run of `sample` (a loop of `nfe` network
     evaluations) with `nfe` compiled forward passes, each called from Python
     and fetched. Each pair takes seconds, back to back, so both see the
-    machine at the same speed; one long run against a few passes minutes
-    later did not (the README's "Performance"). Returns each round's
-    `loop / forwards - 1`, and the mean seconds of one forward pass.
+    machine at the same speed; on a shared machine whose speed drifts, one
+    long run against a few passes minutes later would not. Returns each
+    round's `loop / forwards - 1`, and the mean seconds of one forward pass.
     """
     from keras import ops
 
@@ -419,6 +360,7 @@ def profile_block(model, batch, peak, repeats=5):
     from keras import ops
 
     from keras_sit import backend
+    from keras_sit.layers import modulate
 
     block = model.backbone.blocks[0] if hasattr(model.backbone, "blocks") else None
     if block is None:
@@ -430,16 +372,16 @@ def profile_block(model, batch, peak, repeats=5):
     rng = np.random.default_rng(0)
     x = ops.convert_to_tensor(rng.standard_normal((batch, tokens, d)).astype("float32"))
     c = ops.convert_to_tensor(rng.standard_normal((batch, d)).astype("float32"))
-    from keras_sit.layers import modulate
-
     shift = scale = c
+    attention_flops = 2 * batch * (4 * tokens * d * d + 2 * tokens * tokens * d)
+    mlp_flops = 2 * batch * 2 * tokens * d * mlp
+    adaln_flops = 2 * batch * 6 * d * d
     parts = [
-        ("block", block, lambda x, c: block(x, c), 2 * batch * (4 * tokens * d * d + 2 * tokens * tokens * d
-                                                                 + 2 * tokens * d * mlp + 6 * d * d)),
-        ("attention", block.attn, lambda x, c: block.attn(x), 2 * batch * (4 * tokens * d * d + 2 * tokens * tokens * d)),
-        ("mlp", block.mlp, lambda x, c: block.mlp(x), 2 * batch * 2 * tokens * d * mlp),
+        ("block", block, lambda x, c: block(x, c), attention_flops + mlp_flops + adaln_flops),
+        ("attention", block.attn, lambda x, c: block.attn(x), attention_flops),
+        ("mlp", block.mlp, lambda x, c: block.mlp(x), mlp_flops),
         ("norm+modulate", block.norm1, lambda x, c: modulate(block.norm1(x), shift, scale), 0),
-        ("adaLN", block.adaLN_modulation, lambda x, c: block.adaLN_modulation(ops.silu(c)), 2 * batch * 6 * d * d),
+        ("adaLN", block.adaLN_modulation, lambda x, c: block.adaLN_modulation(ops.silu(c)), adaln_flops),
     ]
     rows = []
     for name, layer, fn, flops in parts:
@@ -482,39 +424,49 @@ def table(results):
     for result in results:
         rows.append([fmt.format(result[key]) if result.get(key) is not None else "-" for key, _, fmt in COLUMNS])
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows)
+    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in rows)
 
 
 def run_backends(args):
-    """Each backend in a fresh process (a process holds one Keras backend)."""
-    results = []
+    """Each backend in a fresh process (a process holds one Keras backend), with this run's options."""
+    parser = build_parser()
     options = []
     for key, value in vars(args).items():
-        if key in ("backends", "json") or value is None or value is False:
+        if key in ("backends", "json") or value == parser.get_default(key):
             continue
         flag = "--" + key.replace("_", "-")
         options += [flag] if value is True else [flag, str(value)]
-    for backend in args.backends.split(","):
-        out = f"/tmp/keras_sit_benchmark_{backend}_{os.getpid()}.json"
-        plain = backend == "plain-torch"
-        env = {**os.environ, "KERAS_BACKEND": "torch" if plain else backend}
-        subprocess.run([sys.executable, __file__, *options, *(["--plain-torch"] if plain else []), "--json", out],
-                       env=env, check=True)
-        with open(out) as f:
-            results.append(json.load(f))
-        os.remove(out)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="keras_sit_benchmark_") as tmp:
+        for backend in args.backends.split(","):
+            out = os.path.join(tmp, f"{backend}.json")
+            plain = backend == "plain-torch"
+            env = {**os.environ, "KERAS_BACKEND": "torch" if plain else backend}
+            command = [sys.executable, "-m", "benchmarks.benchmark", *options, "--json", out]
+            subprocess.run(command + (["--plain-torch"] if plain else []), env=env, cwd=REPO_ROOT, check=True)
+            with open(out) as f:
+                results.append(json.load(f))
     return results
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.backends:
-        results = run_backends(args)
-    else:
-        results = [benchmark(args)]
+    if args.mode == "alternate":
+        from benchmarks import alternate
+
+        alternate.run(args.preset, parse_shape(args.input_shape), args.num_classes, args.batch_size, args.rounds,
+                      args.jit_compile)
+        return
+    if args.mode == "kernel-floor":
+        from benchmarks import kernel_floor
+
+        kernel_floor.run(args.preset, parse_shape(args.input_shape), args.batch_size, args.repeats, args.peak_size)
+        return
+    results = run_backends(args) if args.backends else [benchmark(args)]
     first = results[0]
-    print(f"\n{first['device']}: {first['preset']} {tuple(first['input_shape'])} {first['num_classes']} classes, batch {first['batch_size']}, "
-          f"{first['precision']}, {first['parameters']:,} parameters, {first['forward_gflop_per_image']:.2f} GFLOP/image forward")
+    print(f"\n{first['device']}: {first['preset']} {tuple(first['input_shape'])} {first['num_classes']} classes, "
+          f"batch {first['batch_size']}, {first['precision']}, {first['parameters']:,} parameters, "
+          f"{first['forward_gflop_per_image']:.2f} GFLOP/image forward")
     print(table(results))
     if args.json:
         with open(args.json, "w") as f:

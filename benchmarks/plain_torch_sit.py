@@ -1,12 +1,15 @@
 """The same SiT written in plain PyTorch, eager: the yardstick keras_sit is to beat.
 
-`python benchmarks/benchmark.py --backends torch,plain-torch` runs it beside
-keras_sit and prints both rows. It is the network of a preset at the same
-size and FLOP count (patch embedding, sin-cos positions, timestep and label
-embeddings, adaLN-Zero blocks with `scaled_dot_product_attention` and a tanh
-GELU, adaLN final layer), trained with the same objective (uniform t, label
-dropout, linear path, velocity MSE) and the same AdamW. Training only: it is
-not a second implementation of the library, just the orientation figure.
+    python -m benchmarks.benchmark --backends torch,plain-torch     # both rows of the full benchmark
+    python -m benchmarks.benchmark --mode alternate                 # a step of each in turn, one process
+
+Not run alone. It is the network of a preset at the same size and FLOP
+count (patch embedding, sin-cos positions, timestep and label embeddings,
+adaLN-Zero blocks with `scaled_dot_product_attention` and a tanh GELU, adaLN
+final layer), trained with the same objective (uniform t, label dropout,
+linear path, velocity MSE) and the same AdamW. Training only: it is not a
+second implementation of the library, just the figure to measure keras_sit
+against, written as directly as PyTorch allows.
 """
 
 import math
@@ -33,7 +36,8 @@ class Block(nn.Module):
         self.adaLN_modulation = nn.Linear(hidden_size, 6 * hidden_size)
 
     def forward(self, x, c):
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(F.silu(c)).chunk(6, dim=1)
+        modulation = self.adaLN_modulation(F.silu(c)).chunk(6, dim=1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
         batch, tokens, hidden = x.shape
         qkv = self.qkv(modulate(self.norm1(x), shift_msa, scale_msa))
         q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)

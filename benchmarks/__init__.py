@@ -1,0 +1,1 @@
+"""Speed benchmarks of keras_sit: `python -m benchmarks.benchmark --help` from the repository root."""
