@@ -42,6 +42,8 @@ def run(preset, input_shape, num_classes, batch_size, rounds, jit_compile="best"
             times[name].append(time.perf_counter() - start)
     print(f"{preset} {input_shape} {num_classes} classes, batch {batch_size}, {rounds} rounds")
     for name, seconds in times.items():
-        print(f"{name:>18}: mean {1e3 * np.mean(seconds):.0f} ms, median {1e3 * np.median(seconds):.0f} ms a step, "
-              f"{batch_size / np.mean(seconds):.2f} images/s")
+        print(
+            f"{name:>18}: mean {1e3 * np.mean(seconds):.0f} ms, median {1e3 * np.median(seconds):.0f} ms a step, "
+            f"{batch_size / np.mean(seconds):.2f} images/s"
+        )
     return times

@@ -59,28 +59,48 @@ OPTION_MODES = {
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.benchmark", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=MODES, default="benchmark",
-                        help="benchmark (default): the full benchmark; alternate: keras_sit against plain PyTorch "
-                        "in one process; kernel-floor: the best fraction of peak of an eager PyTorch step")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="benchmark",
+        help="benchmark (default): the full benchmark; alternate: keras_sit against plain PyTorch "
+        "in one process; kernel-floor: the best fraction of peak of an eager PyTorch step",
+    )
     parser.add_argument("--preset", default="SiT-S/2")
     parser.add_argument("--input-shape", default="32,32,4", help="H,W,C")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-classes", type=int, default=1000, help="benchmark and alternate modes")
-    parser.add_argument("--jit-compile", default="best", type=str.lower, choices=list(JIT_COMPILE),
-                        help="benchmark and alternate modes: 'best' (default: XLA on JAX and TensorFlow, eager "
-                        "PyTorch), 'auto' (Keras' choice: no XLA for TensorFlow on a CPU-only machine), 'true' or "
-                        "'false' (torch: true = torch.compile)")
-    parser.add_argument("--peak-size", type=int,
-                        help="benchmark and kernel-floor modes: side of the square matmul that measures the peak "
-                        "(default: best of 1024-3072 on CPU, 8192 on GPU)")
+    parser.add_argument(
+        "--jit-compile",
+        default="best",
+        type=str.lower,
+        choices=list(JIT_COMPILE),
+        help="benchmark and alternate modes: 'best' (default: XLA on JAX and TensorFlow, eager "
+        "PyTorch), 'auto' (Keras' choice: no XLA for TensorFlow on a CPU-only machine), 'true' or "
+        "'false' (torch: true = torch.compile)",
+    )
+    parser.add_argument(
+        "--peak-size",
+        type=int,
+        help="benchmark and kernel-floor modes: side of the square matmul that measures the peak "
+        "(default: best of 1024-3072 on CPU, 8192 on GPU)",
+    )
 
     full = parser.add_argument_group("--mode benchmark")
-    full.add_argument("--backends", help="comma-separated: run each in its own process and print one table; "
-                      "`plain-torch` is the same network in plain PyTorch eager (benchmarks/plain_torch_sit.py)")
-    full.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
-                      help="bfloat16 runs the `mixed_bfloat16` policy (float32 variables)")
+    full.add_argument(
+        "--backends",
+        help="comma-separated: run each in its own process and print one table; "
+        "`plain-torch` is the same network in plain PyTorch eager (benchmarks/plain_torch_sit.py)",
+    )
+    full.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="bfloat16 runs the `mixed_bfloat16` policy (float32 variables)",
+    )
     full.add_argument("--train-steps", type=int, default=10, help="timed steps after warm-up")
     full.add_argument("--warmup-steps", type=int, default=2)
     full.add_argument("--sampler", default="euler")
@@ -88,19 +108,29 @@ def build_parser():
     full.add_argument("--sampling-batch-size", type=int, help="default: --batch-size")
     full.add_argument("--cfg-scale", type=float, default=1.0)
     full.add_argument("--skip-sampling", action="store_true")
-    full.add_argument("--overhead-rounds", type=int, default=3,
-                      help="pairs of a short sampling run and as many forward passes, for the per-step overhead")
+    full.add_argument(
+        "--overhead-rounds",
+        type=int,
+        default=3,
+        help="pairs of a short sampling run and as many forward passes, for the per-step overhead",
+    )
     full.add_argument("--overhead-steps", type=int, default=10, help="sampling steps of each overhead round")
-    full.add_argument("--profile", action="store_true",
-                      help="also time the forward pass of each part of a block (compiled alone) against its FLOPs")
-    full.add_argument("--plain-torch", action="store_true",
-                      help="train the plain PyTorch network instead (training only)")
+    full.add_argument(
+        "--profile",
+        action="store_true",
+        help="also time the forward pass of each part of a block (compiled alone) against its FLOPs",
+    )
+    full.add_argument(
+        "--plain-torch", action="store_true", help="train the plain PyTorch network instead (training only)"
+    )
     full.add_argument("--json", help="write the results here")
 
     parser.add_argument_group("--mode alternate").add_argument(
-        "--rounds", type=int, default=8, help="rounds of one timed step of each network")
+        "--rounds", type=int, default=8, help="rounds of one timed step of each network"
+    )
     parser.add_argument_group("--mode kernel-floor").add_argument(
-        "--repeats", type=int, default=5, help="timings of each kernel (the median counts)")
+        "--repeats", type=int, default=5, help="timings of each kernel (the median counts)"
+    )
     return parser
 
 
@@ -134,8 +164,10 @@ def forward_flops(config, batch_size):
     macs = (
         depth * per_block
         + tokens * p * p * channels * d  # patch embedding
-        + 256 * d + d * d  # timestep MLP
-        + d * 2 * d + tokens * d * p * p * out_channels  # final adaLN and projection
+        + 256 * d
+        + d * d  # timestep MLP
+        + d * 2 * d
+        + tokens * d * p * p * out_channels  # final adaLN and projection
     )
     return 2 * macs * batch_size
 
@@ -271,7 +303,11 @@ def sampling(args, model, config, labels, peak):
     ratios, forward_s = sampling_overhead(
         lambda: model.generate(batch, seed=2, **short),
         keras_sit.samplers.ode_nfe(args.sampler, args.overhead_steps),
-        model, guided * batch, shape, args.num_classes, args.overhead_rounds,
+        model,
+        guided * batch,
+        shape,
+        args.num_classes,
+        args.overhead_rounds,
     )
     result.update(
         sample_gflops=sample_flops / 1e9,
@@ -392,8 +428,14 @@ def profile_block(model, batch, peak, repeats=5):
             start = time.perf_counter()
             ops.convert_to_numpy(compiled(x, c))
             best = min(best, time.perf_counter() - start)
-        rows.append({"part": name, "ms": 1e3 * best, "gflop": flops / 1e9,
-                     "fraction_of_peak": flops / best / peak if flops else None})
+        rows.append(
+            {
+                "part": name,
+                "ms": 1e3 * best,
+                "gflop": flops / 1e9,
+                "fraction_of_peak": flops / best / peak if flops else None,
+            }
+        )
     print("\nforward of one block, each part compiled alone:")
     for row in rows:
         share = f"{row['fraction_of_peak']:.0%}" if row["fraction_of_peak"] is not None else "-"
@@ -454,8 +496,9 @@ def main(argv=None):
     if args.mode == "alternate":
         from benchmarks import alternate
 
-        alternate.run(args.preset, parse_shape(args.input_shape), args.num_classes, args.batch_size, args.rounds,
-                      args.jit_compile)
+        alternate.run(
+            args.preset, parse_shape(args.input_shape), args.num_classes, args.batch_size, args.rounds, args.jit_compile
+        )
         return
     if args.mode == "kernel-floor":
         from benchmarks import kernel_floor
@@ -464,9 +507,11 @@ def main(argv=None):
         return
     results = run_backends(args) if args.backends else [benchmark(args)]
     first = results[0]
-    print(f"\n{first['device']}: {first['preset']} {tuple(first['input_shape'])} {first['num_classes']} classes, "
-          f"batch {first['batch_size']}, {first['precision']}, {first['parameters']:,} parameters, "
-          f"{first['forward_gflop_per_image']:.2f} GFLOP/image forward")
+    print(
+        f"\n{first['device']}: {first['preset']} {tuple(first['input_shape'])} {first['num_classes']} classes, "
+        f"batch {first['batch_size']}, {first['precision']}, {first['parameters']:,} parameters, "
+        f"{first['forward_gflop_per_image']:.2f} GFLOP/image forward"
+    )
     print(table(results))
     if args.json:
         with open(args.json, "w") as f:

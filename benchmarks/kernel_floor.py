@@ -100,8 +100,10 @@ def run(preset, input_shape, batch_size, repeats, peak_size=None):
     median = {name: statistics.median(seconds) for name, seconds in times.items()}
     floor_s = depth * sum(median.values())
     step_flops = depth * sum(flops for _, _, flops in kernels)
-    print(f"{preset} {input_shape}, {tokens} tokens, batch {batch_size}, {device_name()}, "
-          f"{torch.get_num_threads()} threads; matmul peak {peak.rate / 1e9:.1f} GFLOP/s")
+    print(
+        f"{preset} {input_shape}, {tokens} tokens, batch {batch_size}, {device_name()}, "
+        f"{torch.get_num_threads()} threads; matmul peak {peak.rate / 1e9:.1f} GFLOP/s"
+    )
     for name, _, flops in kernels:
         rate = f"{flops / median[name] / peak.rate:5.0%} of peak" if flops else ""
         print(f"  {name:>28}  {1e3 * depth * median[name]:7.1f} ms a step  {rate}")

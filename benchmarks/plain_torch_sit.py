@@ -56,9 +56,7 @@ class PlainSiT(nn.Module):
         self.register_buffer("pos_embed", torch.zeros(1, self.grid[0] * self.grid[1], hidden_size))
         self.t_mlp = nn.Sequential(nn.Linear(256, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
         self.y_embedder = nn.Embedding(num_classes + 1, hidden_size)
-        self.blocks = nn.ModuleList(
-            Block(hidden_size, num_heads, int(hidden_size * mlp_ratio)) for _ in range(depth)
-        )
+        self.blocks = nn.ModuleList(Block(hidden_size, num_heads, int(hidden_size * mlp_ratio)) for _ in range(depth))
         self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.adaLN_final = nn.Linear(hidden_size, 2 * hidden_size)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * self.channels)

@@ -8,14 +8,12 @@ A model saved under one backend loads under any other.
 
 import argparse
 import os
-import sys
 
 import keras
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import keras_sit  # noqa: F401, E402  (registers the classes for loading)
-from train import save_grid  # noqa: E402
+import keras_sit  # noqa: F401  (registers the classes for loading)
+from keras_sit.visualization import save_image_grid
 
 
 def main(argv=None):
@@ -37,14 +35,19 @@ def main(argv=None):
         rows = list(range(model.num_classes)) if args.labels is None else args.labels
         labels, cfg_scale = np.repeat(rows, args.per_label), args.cfg_scale
     samples = model.generate(
-        len(rows) * args.per_label, labels=labels, num_steps=args.steps, cfg_scale=cfg_scale, seed=args.seed,
-        sampler=args.sampler, clip_data=(-1.0, 1.0),  # the data range; see SiT.generate
+        len(rows) * args.per_label,
+        labels=labels,
+        num_steps=args.steps,
+        cfg_scale=cfg_scale,
+        seed=args.seed,
+        sampler=args.sampler,
+        clip_data=(-1.0, 1.0),  # the data range; see SiT.generate
     )
     if len(model.data_shape) != 3:
         np.save(os.path.splitext(args.output)[0] + ".npy", samples)
         print(f"wrote {len(samples)} vectors to {os.path.splitext(args.output)[0]}.npy")
         return
-    save_grid(samples, [str(r) for r in rows], args.output)
+    save_image_grid(samples, args.output, rows=len(rows))
     print(f"wrote {args.output}: rows {rows}, {args.steps} {args.sampler} steps, cfg scale {cfg_scale}")
 
 

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 import keras_sit
+from keras_sit.visualization import plot_losses, save_image_grid
 
 
 def parse_args(argv=None):
@@ -51,37 +52,6 @@ def load_folder_dataset(directory, image_size, batch_size, seed):
     )
     class_names = dataset.class_names
     return dataset.map(lambda x, y: (x / 127.5 - 1.0, y)), class_names
-
-
-def save_grid(samples, class_names, path, pad=1):
-    """One row per class, tiles separated by `pad` grey pixels; values in [-1, 1]."""
-    from PIL import Image
-
-    rows, per_row = len(class_names), samples.shape[0] // len(class_names)
-    tiles = ((np.clip(samples, -1.0, 1.0) + 1.0) * 127.5).astype("uint8")
-    height, width, channels = tiles.shape[1:]
-    tiles = np.pad(tiles, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=128)
-    grid = tiles.reshape(rows, per_row, height + 2 * pad, width + 2 * pad, channels).transpose(0, 2, 1, 3, 4)
-    grid = grid.reshape(rows * (height + 2 * pad), per_row * (width + 2 * pad), channels)
-    image = Image.fromarray(grid[..., 0] if channels == 1 else grid)
-    scale = max(1, 512 // grid.shape[0])
-    image.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
-
-
-def save_loss_plot(history, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(np.arange(1, len(history["loss"]) + 1), history["loss"])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss (velocity MSE)")
-    ax.set_title(f"SiT on {keras.backend.backend()}")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def main(argv=None):
@@ -121,11 +91,16 @@ def main(argv=None):
     per_class = 10
     labels = np.repeat(np.arange(len(class_names)), per_class)
     samples = model.generate(
-        len(labels), labels=labels, num_steps=args.sampling_steps, cfg_scale=args.cfg_scale, seed=args.seed,
-        sampler=args.sampler, clip_data=(-1.0, 1.0),  # the data range; see SiT.generate
+        len(labels),
+        labels=labels,
+        num_steps=args.sampling_steps,
+        cfg_scale=args.cfg_scale,
+        seed=args.seed,
+        sampler=args.sampler,
+        clip_data=(-1.0, 1.0),  # the data range; see SiT.generate
     )
-    save_grid(samples, class_names, os.path.join(args.output_dir, "samples.png"))
-    save_loss_plot(history.history, os.path.join(args.output_dir, "loss.png"))
+    save_image_grid(samples, os.path.join(args.output_dir, "samples.png"), rows=len(class_names))
+    plot_losses(history, os.path.join(args.output_dir, "loss.png"), title=f"SiT on {keras.backend.backend()}")
     print(f"wrote {model_path}, samples.png (one row per class: {', '.join(class_names)}) and loss.png")
 
 

@@ -1,6 +1,8 @@
 """keras_sit: Scalable Interpolant Transformers for Keras 3 (JAX, TensorFlow, PyTorch)."""
 
+from keras_sit import distribution, presets, samplers, visualization
 from keras_sit.backbone import SiTBackbone
+from keras_sit.convert import export_official_state_dict, import_official_checkpoint
 from keras_sit.functions import (
     cosine_interpolant,
     cosine_velocity,
@@ -10,6 +12,7 @@ from keras_sit.functions import (
     sample_interpolant_time,
     sit_loss,
 )
+from keras_sit.generation import SamplingSettings
 from keras_sit.layers import (
     MLP,
     Attention,
@@ -20,13 +23,46 @@ from keras_sit.layers import (
     TimestepEmbedding,
     Unpatchify,
 )
-from keras_sit.convert import export_official_state_dict, import_official_checkpoint
-from keras_sit.generation import SamplingSettings
 from keras_sit.model import SiT
 from keras_sit.optimizers import AdamW
 from keras_sit.paths import CosinePath, LinearPath, Path, VPPath, get_path
 from keras_sit.presets import PRESETS, parameter_count
 from keras_sit.transport import Transport
-from keras_sit import distribution, samplers
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "MLP",
+    "PRESETS",
+    "AdamW",
+    "Attention",
+    "CosinePath",
+    "FinalLayer",
+    "LabelEmbedding",
+    "LinearPath",
+    "PatchEmbedding",
+    "Path",
+    "SamplingSettings",
+    "SiT",
+    "SiTBackbone",
+    "SiTBlock",
+    "TimestepEmbedding",
+    "Transport",
+    "Unpatchify",
+    "VPPath",
+    "cosine_interpolant",
+    "cosine_velocity",
+    "distribution",
+    "export_official_state_dict",
+    "get_path",
+    "import_official_checkpoint",
+    "linear_interpolant",
+    "linear_velocity",
+    "output_size",
+    "parameter_count",
+    "presets",
+    "sample_interpolant_time",
+    "samplers",
+    "sit_loss",
+    "visualization",
+]

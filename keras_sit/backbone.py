@@ -13,19 +13,35 @@ import numpy as np
 from keras import ops
 
 from keras_sit.functions import output_size
-from keras_sit.validation import check_bool, check_number, check_positive_int
 from keras_sit.layers import FinalLayer, LabelEmbedding, PatchEmbedding, SiTBlock, TimestepEmbedding, Unpatchify
+from keras_sit.validation import check_bool, check_number, check_positive_int
 
 
-def validate_architecture(input_shape, input_dim, patch_size, hidden_size, depth, num_heads, mlp_ratio, num_classes,
-                          class_dropout_prob, learn_sigma, num_steps):
+def validate_architecture(
+    input_shape,
+    input_dim,
+    patch_size,
+    hidden_size,
+    depth,
+    num_heads,
+    mlp_ratio,
+    num_classes,
+    class_dropout_prob,
+    learn_sigma,
+    num_steps,
+):
     """Check the architecture arguments; return the data shape `(H, W, C)` or `(D,)`."""
     if (input_shape is None) == (input_dim is None):
         raise ValueError(
             "Give exactly one of `input_shape` (H, W, C) for images and `input_dim` (int) for vectors; "
             f"got input_shape={input_shape!r}, input_dim={input_dim!r}."
         )
-    for name, value in [("patch_size", patch_size), ("hidden_size", hidden_size), ("depth", depth), ("num_heads", num_heads)]:
+    for name, value in [
+        ("patch_size", patch_size),
+        ("hidden_size", hidden_size),
+        ("depth", depth),
+        ("num_heads", num_heads),
+    ]:
         check_positive_int(name, value)
     check_positive_int("num_classes", num_classes, allow_none=True)
     if input_dim is not None:
@@ -96,8 +112,17 @@ class SiTBackbone(keras.Model):
         **kwargs,
     ):
         data_shape = validate_architecture(
-            input_shape, input_dim, patch_size, hidden_size, depth, num_heads, mlp_ratio, num_classes,
-            class_dropout_prob, learn_sigma, num_steps,
+            input_shape,
+            input_dim,
+            patch_size,
+            hidden_size,
+            depth,
+            num_heads,
+            mlp_ratio,
+            num_classes,
+            class_dropout_prob,
+            learn_sigma,
+            num_steps,
         )
         # === Layers === (attributes only after `super().__init__`, which torch requires)
         patch_embedding = PatchEmbedding(patch_size, hidden_size, dtype=dtype, name="x_embedder")

@@ -52,7 +52,10 @@ def _official_variables(backbone):
     """
     items = [("pos_embed", backbone.patch_embedding.position_embedding, "position")]
     projection = backbone.patch_embedding.projection
-    items += [("x_embedder.proj.weight", projection.kernel, "patch"), ("x_embedder.proj.bias", projection.bias, "plain")]
+    items += [
+        ("x_embedder.proj.weight", projection.kernel, "patch"),
+        ("x_embedder.proj.bias", projection.bias, "plain"),
+    ]
 
     def dense(prefix, layer):
         return [(f"{prefix}.weight", layer.kernel, "dense"), (f"{prefix}.bias", layer.bias, "plain")]
@@ -119,7 +122,7 @@ def _load(source):
             source = source[wrapper]
             break
     if source and all(str(key).startswith("module.") for key in source):  # saved from DistributedDataParallel
-        source = {key[len("module."):]: value for key, value in source.items()}
+        source = {key[len("module.") :]: value for key, value in source.items()}
     state = {}
     for key, value in source.items():
         if hasattr(value, "detach"):  # torch tensor, possibly bf16
@@ -145,15 +148,22 @@ def _infer_config(state, input_channels, overrides):
     if p != p_w:
         raise ValueError(f"Patches must be square; `x_embedder.proj.weight` has shape {(hidden, channels, p, p_w)}.")
     if input_channels is not None and input_channels != channels:
-        raise ValueError(f"`input_channels` is {input_channels}, but the checkpoint's patch projection takes {channels}.")
+        raise ValueError(
+            f"`input_channels` is {input_channels}, but the checkpoint's patch projection takes {channels}."
+        )
     _, tokens, _ = _shape(state, "pos_embed", 3)
     depth = len({key.split(".")[1] for key in state if key.startswith("blocks.")})
     mlp_hidden = _shape(state, "blocks.0.mlp.fc1.weight", 2)[0] if depth else 4 * hidden
     out_rows = _shape(state, "final_layer.linear.weight", 2)[0]
     if out_rows not in (p * p * channels, 2 * p * p * channels):
         raise ValueError(f"`final_layer.linear.weight` has {out_rows} rows; expected p*p*C or 2*p*p*C.")
-    config = {"patch_size": int(p), "hidden_size": int(hidden), "depth": depth,
-              "mlp_ratio": mlp_hidden / hidden, "learn_sigma": out_rows == 2 * p * p * channels}
+    config = {
+        "patch_size": int(p),
+        "hidden_size": int(hidden),
+        "depth": depth,
+        "mlp_ratio": mlp_hidden / hidden,
+        "learn_sigma": out_rows == 2 * p * p * channels,
+    }
     for key in _INFERRED:
         if key in overrides and overrides[key] != config[key]:
             raise ValueError(f"`{key}`={overrides[key]!r} contradicts the checkpoint, which has {config[key]!r}.")
@@ -166,7 +176,9 @@ def _infer_config(state, input_channels, overrides):
     if input_shape is None:
         side = math.isqrt(tokens)
         if side * side != tokens:
-            raise ValueError(f"`pos_embed` has {tokens} tokens, not a square grid: pass `input_shape=(H, W, {channels})`.")
+            raise ValueError(
+                f"`pos_embed` has {tokens} tokens, not a square grid: pass `input_shape=(H, W, {channels})`."
+            )
         input_shape = (side * p, side * p, channels)
     elif len(input_shape) != 3 or input_shape[2] != channels or (input_shape[0] // p) * (input_shape[1] // p) != tokens:
         raise ValueError(f"`input_shape` {input_shape!r} does not fit {tokens} tokens of {p}x{p}x{channels} patches.")
@@ -184,7 +196,9 @@ def _infer_config(state, input_channels, overrides):
         rows = _shape(state, key, 2)[0]
         has_null = None if num_classes is None else {rows - 1: True, rows: False}.get(num_classes)
         if num_classes is not None and has_null is None:
-            raise ValueError(f"`num_classes`={num_classes} does not fit a label table of {rows} rows ({rows - 1} or {rows}).")
+            raise ValueError(
+                f"`num_classes`={num_classes} does not fit a label table of {rows} rows ({rows - 1} or {rows})."
+            )
         if dropout is not None:
             if has_null is not None and has_null != (dropout > 0):
                 raise ValueError(
@@ -248,7 +262,9 @@ def import_official_checkpoint(source, input_channels=None, **overrides):
     missing = sorted({key for key, _, _ in expected} - set(state))
     unexpected = sorted(set(state) - {key for key, _, _ in expected})
     if missing or unexpected:
-        raise ValueError(f"`source` does not fit the inferred SiT: missing keys {missing}, unexpected keys {unexpected}.")
+        raise ValueError(
+            f"`source` does not fit the inferred SiT: missing keys {missing}, unexpected keys {unexpected}."
+        )
     p = config["patch_size"]
     for key, variable, kind in expected:
         value = state[key]

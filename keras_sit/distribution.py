@@ -100,8 +100,9 @@ def data_parallel(devices=None):
     return keras.distribution.DataParallel(devices=devices)
 
 
-def model_parallel(model_parallel_size, devices=None, batch_axis="batch", model_axis="model",
-                   hidden_size=None, mlp_ratio=4.0):
+def model_parallel(
+    model_parallel_size, devices=None, batch_axis="batch", model_axis="model", hidden_size=None, mlp_ratio=4.0
+):
     """`keras.distribution.ModelParallel` on a `(batch, model)` device mesh.
 
     The devices form a mesh of `len(devices) // model_parallel_size` data
@@ -133,7 +134,10 @@ def model_parallel(model_parallel_size, devices=None, batch_axis="batch", model_
     if batch_axis == model_axis:
         raise ValueError(f"`batch_axis` and `model_axis` must differ; both are {batch_axis!r}.")
     if hidden_size is not None:
-        widths = {"`hidden_size`": hidden_size, "the MLP width `int(hidden_size * mlp_ratio)`": int(hidden_size * mlp_ratio)}
+        widths = {
+            "`hidden_size`": hidden_size,
+            "the MLP width `int(hidden_size * mlp_ratio)`": int(hidden_size * mlp_ratio),
+        }
         for name, width in widths.items():
             if width % model_parallel_size:
                 raise ValueError(

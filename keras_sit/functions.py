@@ -6,8 +6,8 @@ uses: `SiT`'s training step calls `sample_interpolant_time`, the path's
 `sit_loss`, so each formula lives in exactly one place.
 """
 
-from keras import ops
 import keras
+from keras import ops
 
 from keras_sit.paths import CosinePath, LinearPath
 

@@ -7,7 +7,7 @@ again, so a chain of small ops costs far more than its arithmetic. Where the
 same maths exists as one PyTorch kernel, these functions call it on PyTorch
 and fall back to `keras.ops` (or the Keras layer) everywhere else, so the
 results agree across backends up to float rounding. `docs/performance.md`
-has the measurements.
+explains where the time goes.
 """
 
 import collections
@@ -26,8 +26,12 @@ def dense(layer, x):
     `torch.nn.Linear` does, instead of a matmul and a bias add over a second
     buffer. A quantized, LoRA or activated `Dense` keeps its own `call`.
     """
-    plain = (layer.bias is not None and layer.activation is keras.activations.linear
-             and layer.quantization_mode is None and not layer.lora_enabled)
+    plain = (
+        layer.bias is not None
+        and layer.activation is keras.activations.linear
+        and layer.quantization_mode is None
+        and not layer.lora_enabled
+    )
     if not (_eager_torch() and plain):
         return layer(x)
     import torch
@@ -57,8 +61,11 @@ def has_fused_adamw(variables):
         return False
     import torch
 
-    return (hasattr(torch, "_fused_adamw_") and not torch.compiler.is_compiling()
-            and all(v.value.device.type in ("cpu", "cuda") for v in variables))
+    return (
+        hasattr(torch, "_fused_adamw_")
+        and not torch.compiler.is_compiling()
+        and all(v.value.device.type in ("cpu", "cuda") for v in variables)
+    )
 
 
 def adamw(slots, step, learning_rate, beta_1, beta_2, epsilon, weight_decay, amsgrad):
@@ -84,9 +91,19 @@ def adamw(slots, step, learning_rate, beta_1, beta_2, epsilon, weight_decay, ams
     with torch.no_grad():
         for (device, _, decayed), (params, grads, ms, vs, v_maxes) in groups.items():
             torch._fused_adamw_(
-                params, grads, ms, vs, v_maxes, [steps.to(device)] * len(params),
-                lr=learning_rate, beta1=beta_1, beta2=beta_2, weight_decay=weight_decay if decayed else 0.0,
-                eps=epsilon, amsgrad=amsgrad, maximize=False,
+                params,
+                grads,
+                ms,
+                vs,
+                v_maxes,
+                [steps.to(device)] * len(params),
+                lr=learning_rate,
+                beta1=beta_1,
+                beta2=beta_2,
+                weight_decay=weight_decay if decayed else 0.0,
+                eps=epsilon,
+                amsgrad=amsgrad,
+                maximize=False,
             )
 
 

@@ -93,8 +93,9 @@ def guided_drift(model, settings, labels):
     """The probability-flow drift `v(x, t)`, guided as `settings` say."""
 
     def drift(x, t):
-        output = model.guided_output(x, t, labels, settings.cfg_scale, settings.guidance_channels,
-                                     settings.guidance_interval)
+        output = model.guided_output(
+            x, t, labels, settings.cfg_scale, settings.guidance_channels, settings.guidance_interval
+        )
         return model.transport.to_velocity(output, x, t, settings.clip_data)
 
     return drift
@@ -104,8 +105,9 @@ def guided_velocity_and_score(model, settings, labels):
     """`(v, s)` at `(x, t)` from one network call, for the SDE."""
 
     def velocity_and_score(x, t):
-        output = model.guided_output(x, t, labels, settings.cfg_scale, settings.guidance_channels,
-                                     settings.guidance_interval)
+        output = model.guided_output(
+            x, t, labels, settings.cfg_scale, settings.guidance_channels, settings.guidance_interval
+        )
         transport = model.transport
         return transport.to_velocity(output, x, t, settings.clip_data), transport.to_score(output, x, t)
 
@@ -139,8 +141,15 @@ class SDESchedule:
 
     def last_step(self, velocity_and_score, x):
         t_last = self.lo * ops.ones((x.shape[0],), x.dtype)
-        return samplers.sde_last_step(self.settings.last_step, velocity_and_score, x, t_last, self.last_step_size,
-                                      self.diffusion, self.transport.path)
+        return samplers.sde_last_step(
+            self.settings.last_step,
+            velocity_and_score,
+            x,
+            t_last,
+            self.last_step_size,
+            self.diffusion,
+            self.transport.path,
+        )
 
 
 # --- whole loops: `fn(x, noise, labels)` ----------------------------------------------------
@@ -150,8 +159,9 @@ def ode_loop(model, settings):
     lo, hi = model.transport.interval(model.transport.sample_eps)
 
     def run(x, noise, labels):
-        return samplers.integrate_ode(guided_drift(model, settings, labels), x, settings.num_steps, settings.sampler,
-                                      hi, lo)
+        return samplers.integrate_ode(
+            guided_drift(model, settings, labels), x, settings.num_steps, settings.sampler, hi, lo
+        )
 
     return run
 
@@ -170,8 +180,9 @@ def sde_loop(model, settings):
 
     def run(x, noise, labels):
         velocity_and_score = guided_velocity_and_score(model, settings, labels)
-        x = samplers.integrate_sde(velocity_and_score, x, noise, schedule.hi, schedule.lo, schedule.diffusion,
-                                   settings.sampler[len("sde-"):])
+        x = samplers.integrate_sde(
+            velocity_and_score, x, noise, schedule.hi, schedule.lo, schedule.diffusion, settings.sampler[len("sde-") :]
+        )
         return schedule.last_step(velocity_and_score, x)
 
     return run
@@ -217,8 +228,17 @@ def sde_step(model, settings):
 
     def step(x, z, labels, i, n):
         velocity_and_score = guided_velocity_and_score(model, settings, labels)
-        x = samplers.sde_step(velocity_and_score, x, z, i, settings.num_steps, schedule.hi, schedule.lo,
-                              schedule.diffusion, settings.sampler[len("sde-"):])
+        x = samplers.sde_step(
+            velocity_and_score,
+            x,
+            z,
+            i,
+            settings.num_steps,
+            schedule.hi,
+            schedule.lo,
+            schedule.diffusion,
+            settings.sampler[len("sde-") :],
+        )
         return x, ops.convert_to_tensor(nfe, "int32")
 
     return step
@@ -304,8 +324,13 @@ class SamplingMixin:
         if cfg_scale == 1.0:
             return self.network({"x_t": x_t, "t": t, "labels": labels})
         null = ops.full_like(labels, self.backbone.null_class)
-        both = self.network({"x_t": ops.concatenate([x_t, x_t], axis=0), "t": ops.concatenate([t, t], axis=0),
-                             "labels": ops.concatenate([labels, null], axis=0)})
+        both = self.network(
+            {
+                "x_t": ops.concatenate([x_t, x_t], axis=0),
+                "t": ops.concatenate([t, t], axis=0),
+                "labels": ops.concatenate([labels, null], axis=0),
+            }
+        )
         cond, uncond = ops.split(both, 2, axis=0)
         guided = ops.add(uncond, ops.multiply(cfg_scale, ops.subtract(cond, uncond)))
         if guidance_channels is not None:
@@ -326,10 +351,28 @@ class SamplingMixin:
         x_t = ops.convert_to_tensor(x_t)
         return self.transport.to_velocity(output, x_t, time_vector(ops.convert_to_tensor(t), x_t))
 
-    def generate(self, num_samples, labels=None, num_steps=50, cfg_scale=1.0, seed=None, sampler="euler",
-                 guidance_channels=None, guidance_interval=None, diffusion="sigma", diffusion_norm=1.0,
-                 last_step="mean", last_step_size=0.04, atol=1e-6, rtol=1e-3, verbose=0, return_trajectory=False,
-                 noise=None, clip_data=None, use_ema=None):
+    def generate(
+        self,
+        num_samples,
+        labels=None,
+        num_steps=50,
+        cfg_scale=1.0,
+        seed=None,
+        sampler="euler",
+        guidance_channels=None,
+        guidance_interval=None,
+        diffusion="sigma",
+        diffusion_norm=1.0,
+        last_step="mean",
+        last_step_size=0.04,
+        atol=1e-6,
+        rtol=1e-3,
+        verbose=0,
+        return_trajectory=False,
+        noise=None,
+        clip_data=None,
+        use_ema=None,
+    ):
         """Draw samples, from noise at `t = 1` to data at `t = 0`.
 
         Args:
@@ -378,8 +421,20 @@ class SamplingMixin:
             equal to `samples`.
         """
         check_positive_int("num_samples", num_samples)
-        settings = SamplingSettings(sampler, num_steps, cfg_scale, guidance_channels, guidance_interval, diffusion,
-                                    diffusion_norm, last_step, last_step_size, atol, rtol, clip_data)
+        settings = SamplingSettings(
+            sampler,
+            num_steps,
+            cfg_scale,
+            guidance_channels,
+            guidance_interval,
+            diffusion,
+            diffusion_norm,
+            last_step,
+            last_step_size,
+            atol,
+            rtol,
+            clip_data,
+        )
         check_choice("verbose", verbose, (0, 1, 2))
         check_bool("return_trajectory", return_trajectory)
         labels = self._sampling_labels(labels, num_samples, settings)
@@ -401,8 +456,19 @@ class SamplingMixin:
                 return ops.convert_to_numpy(run(x, increments, labels))
             return self._generate_stepwise(settings, x, increments, labels, verbose, return_trajectory)
 
-    def encode(self, x, labels=None, num_steps=50, sampler="euler", cfg_scale=1.0, guidance_channels=None,
-               guidance_interval=None, atol=1e-6, rtol=1e-3, use_ema=None):
+    def encode(
+        self,
+        x,
+        labels=None,
+        num_steps=50,
+        sampler="euler",
+        cfg_scale=1.0,
+        guidance_channels=None,
+        guidance_interval=None,
+        atol=1e-6,
+        rtol=1e-3,
+        use_ema=None,
+    ):
         """Map data to noise: the probability-flow ODE run from `t = 0` to `t = 1`.
 
         The inverse of `generate` with an ODE sampler: `generate(len(x),
@@ -413,15 +479,26 @@ class SamplingMixin:
         """
         check_data(x, self.data_shape, "x")
         check_choice("sampler", sampler, ODE_SAMPLERS)
-        settings = SamplingSettings(sampler, num_steps, cfg_scale, guidance_channels, guidance_interval, atol=atol,
-                                    rtol=rtol)
+        settings = SamplingSettings(
+            sampler, num_steps, cfg_scale, guidance_channels, guidance_interval, atol=atol, rtol=rtol
+        )
         x = ops.convert_to_tensor(np.asarray(x, "float32"))
         labels = self._sampling_labels(labels, x.shape[0], settings)
         with self._sampling_weights(use_ema):
             return ops.convert_to_numpy(self._compiled(encode_loop, settings, labels is None)(x, labels))
 
-    def log_likelihood(self, x, labels=None, num_steps=50, sampler="rk4", divergence="auto", probe="rademacher",
-                       num_probes=1, seed=None, use_ema=None):
+    def log_likelihood(
+        self,
+        x,
+        labels=None,
+        num_steps=50,
+        sampler="rk4",
+        divergence="auto",
+        probe="rademacher",
+        num_probes=1,
+        seed=None,
+        use_ema=None,
+    ):
         """Log-density of data under the model's probability-flow ODE.
 
         Integrates from data (`t = 0`) to noise (`t = 1`) with the divergence
@@ -508,7 +585,9 @@ class SamplingMixin:
             )
         channels = self.data_shape[-1]
         if settings.guidance_channels is not None and settings.guidance_channels > channels:
-            raise ValueError(f"`guidance_channels` must be an int in [1, {channels}]; got {settings.guidance_channels}.")
+            raise ValueError(
+                f"`guidance_channels` must be an int in [1, {channels}]; got {settings.guidance_channels}."
+            )
         return None if labels is None else ops.convert_to_tensor(labels)
 
     def _sampling_weights(self, use_ema):

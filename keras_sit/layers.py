@@ -53,9 +53,9 @@ def dense_over_tokens(dense, x):
     """Apply a `Dense` to `[B, T, D]` tokens as one `[B * T, D]` matmul.
 
     XLA's CPU backend runs the 3-D x 2-D product, and more so its gradient,
-    well below its matmul peak; on the flattened tokens it reaches it (SiT-S/2
-    MLP, forward and backward, 16 x 256 tokens: 83 against 119 GFLOP/s). The
-    reshapes of contiguous tokens cost no copy on any backend.
+    well below its matmul peak; on the flattened tokens it reaches it
+    (docs/performance.md). The reshapes of contiguous tokens cost no copy on
+    any backend.
     """
     tokens = x.shape[1]
     y = fused.dense(dense, ops.reshape(x, (-1, x.shape[-1])))
@@ -63,9 +63,7 @@ def dense_over_tokens(dense, x):
 
 
 def _layer_norm(dtype):
-    return keras.layers.LayerNormalization(
-        epsilon=LAYER_NORM_EPSILON, center=False, scale=False, dtype=dtype
-    )
+    return keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, center=False, scale=False, dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_sit")
@@ -108,7 +106,9 @@ class PatchEmbedding(keras.layers.Layer):
 
     def call(self, x):
         tokens = patchify(x, self.patch_size)
-        return ops.add(dense_over_tokens(self.projection, tokens), ops.cast(self.position_embedding, self.compute_dtype))
+        return ops.add(
+            dense_over_tokens(self.projection, tokens), ops.cast(self.position_embedding, self.compute_dtype)
+        )
 
     def get_config(self):
         return {**super().get_config(), "patch_size": self.patch_size, "hidden_size": self.hidden_size}
@@ -338,9 +338,7 @@ class SiTBlock(keras.layers.Layer):
         self.attn = Attention(hidden_size, num_heads, dtype=self.dtype_policy, name="attn")
         self.norm2 = _layer_norm(self.dtype_policy)
         self.mlp = MLP(hidden_size, int(hidden_size * mlp_ratio), dtype=self.dtype_policy, name="mlp")
-        self.adaLN_modulation = keras.layers.Dense(
-            6 * hidden_size, dtype=self.dtype_policy, name="adaLN_modulation"
-        )
+        self.adaLN_modulation = keras.layers.Dense(6 * hidden_size, dtype=self.dtype_policy, name="adaLN_modulation")
 
     def build(self, x_shape, c_shape):
         for layer in (self.norm1, self.attn, self.norm2, self.mlp):
@@ -375,9 +373,7 @@ class FinalLayer(keras.layers.Layer):
         self.output_size = output_size
         self.norm_final = _layer_norm(self.dtype_policy)
         self.linear = keras.layers.Dense(output_size, dtype=self.dtype_policy, name="linear")
-        self.adaLN_modulation = keras.layers.Dense(
-            2 * hidden_size, dtype=self.dtype_policy, name="adaLN_modulation"
-        )
+        self.adaLN_modulation = keras.layers.Dense(2 * hidden_size, dtype=self.dtype_policy, name="adaLN_modulation")
 
     def build(self, x_shape, c_shape):
         self.norm_final.build(x_shape)

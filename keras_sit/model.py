@@ -75,9 +75,20 @@ class SiT(SamplingMixin, keras.Model):
     network's velocity field, which is what samplers integrate.
     """
 
-    def __init__(self, path="linear", prediction="velocity", loss_weight=None, train_eps=None, sample_eps=None,
-                 time_sampler="uniform", time_loc=0.0, time_scale=1.0, time_convention="keras_sit", seed=None,
-                 **kwargs):
+    def __init__(
+        self,
+        path="linear",
+        prediction="velocity",
+        loss_weight=None,
+        train_eps=None,
+        sample_eps=None,
+        time_sampler="uniform",
+        time_loc=0.0,
+        time_scale=1.0,
+        time_convention="keras_sit",
+        seed=None,
+        **kwargs,
+    ):
         kwargs = resolve_depth_alias(kwargs, ARCHITECTURE_DEFAULTS["depth"])
         architecture = {name: kwargs.pop(name) for name in ARCHITECTURE_DEFAULTS if name in kwargs}
         check_seed(seed)
@@ -162,8 +173,9 @@ class SiT(SamplingMixin, keras.Model):
                 f"`keras_sit.AdamW(1e-4, weight_decay=0.0, use_ema=True, ema_momentum={decay})`."
             )
         if optimizer is None:
-            optimizer = AdamW(learning_rate=1e-4, weight_decay=0.0, **({"use_ema": True, "ema_momentum": decay}
-                                                                        if use_ema else {}))
+            optimizer = AdamW(
+                learning_rate=1e-4, weight_decay=0.0, **({"use_ema": True, "ema_momentum": decay} if use_ema else {})
+            )
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
         self._jit_compile_argument = jit_compile
 

@@ -36,12 +36,28 @@ class AdamW(keras.optimizers.AdamW):
         for grad, variable in zip(grads, trainable_variables):
             index = self._get_variable_index(variable)
             v_max = self._velocity_hats[index].value if self.amsgrad else None
-            slots.append((variable.value, grad, self._momentums[index].value, self._velocities[index].value, v_max,
-                          bool(decay) and self._use_weight_decay(variable)))
+            slots.append(
+                (
+                    variable.value,
+                    grad,
+                    self._momentums[index].value,
+                    self._velocities[index].value,
+                    v_max,
+                    bool(decay) and self._use_weight_decay(variable),
+                )
+            )
         # Keras: lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps); PyTorch puts eps inside the
         # bias correction, so eps / sqrt(1 - b2^t) makes the two the same.
-        fused.adamw(slots, step, float(keras.ops.convert_to_numpy(learning_rate)), self.beta_1, self.beta_2,
-                    self.epsilon / math.sqrt(1.0 - self.beta_2**step), decay, self.amsgrad)
+        fused.adamw(
+            slots,
+            step,
+            float(keras.ops.convert_to_numpy(learning_rate)),
+            self.beta_1,
+            self.beta_2,
+            self.epsilon / math.sqrt(1.0 - self.beta_2**step),
+            decay,
+            self.amsgrad,
+        )
 
     def _update_model_variables_moving_average(self, trainable_variables):
         if not fused.has_fused_adamw(trainable_variables):
@@ -50,5 +66,6 @@ class AdamW(keras.optimizers.AdamW):
         pairs = ema.moving_averages(self, trainable_variables)
         # As Keras: the first step copies the weights, later ones move by `1 - momentum`.
         first_step = int(keras.ops.convert_to_numpy(self.iterations)) == 0
-        fused.lerp([a.value for _, a in pairs], [v.value for v, _ in pairs],
-                   1.0 if first_step else 1.0 - self.ema_momentum)
+        fused.lerp(
+            [a.value for _, a in pairs], [v.value for v, _ in pairs], 1.0 if first_step else 1.0 - self.ema_momentum
+        )

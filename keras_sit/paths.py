@@ -36,7 +36,9 @@ def time_vector(t, x):
     if len(getattr(t, "shape", ())) == 0:
         return ops.cast(t, x.dtype) * ops.ones((ops.shape(x)[0],), x.dtype)
     if batch is not None and tuple(t.shape) != (batch,):
-        raise ValueError(f"`t` must be a scalar or have shape ({batch},), one time per example; got shape {tuple(t.shape)}.")
+        raise ValueError(
+            f"`t` must be a scalar or have shape ({batch},), one time per example; got shape {tuple(t.shape)}."
+        )
     return ops.cast(t, x.dtype)
 
 

@@ -46,7 +46,12 @@ def _rk4_step(drift, x, t, h):
 
 
 # name -> (step, model evaluations per step)
-ODE_METHODS = {"euler": (_euler_step, 1), "midpoint": (_midpoint_step, 2), "heun": (_heun_step, 2), "rk4": (_rk4_step, 4)}
+ODE_METHODS = {
+    "euler": (_euler_step, 1),
+    "midpoint": (_midpoint_step, 2),
+    "heun": (_heun_step, 2),
+    "rk4": (_rk4_step, 4),
+}
 
 
 def ode_nfe(method, num_steps):
@@ -105,8 +110,18 @@ _DOPRI_A = (
 _DOPRI_ERROR = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
 
 
-def dopri5(drift, x, t_start=1.0, t_end=0.0, atol=1e-6, rtol=1e-3, first_step=0.05, max_steps=1000, reverse=False,
-           direction=None):
+def dopri5(
+    drift,
+    x,
+    t_start=1.0,
+    t_end=0.0,
+    atol=1e-6,
+    rtol=1e-3,
+    first_step=0.05,
+    max_steps=1000,
+    reverse=False,
+    direction=None,
+):
     """Adaptive Dormand-Prince 5(4) from `t_start` to `t_end`.
 
     Each example has its own time and step size (upstream shares one

@@ -52,8 +52,17 @@ class Transport:
             mapped onto the training interval.
     """
 
-    def __init__(self, path="linear", prediction="velocity", loss_weight=None, train_eps=None, sample_eps=None,
-                 time_sampler="uniform", time_loc=0.0, time_scale=1.0):
+    def __init__(
+        self,
+        path="linear",
+        prediction="velocity",
+        loss_weight=None,
+        train_eps=None,
+        sample_eps=None,
+        time_sampler="uniform",
+        time_loc=0.0,
+        time_scale=1.0,
+    ):
         check_choice("prediction", prediction, PREDICTIONS)
         check_choice("loss_weight", loss_weight, LOSS_WEIGHTS)
         if loss_weight is not None and prediction == "velocity":
@@ -68,8 +77,13 @@ class Transport:
         # The arguments as given (None means "the official default"), for `get_config`.
         self._config = {
             "path": path if isinstance(path, str) else keras.saving.serialize_keras_object(self.path),
-            "prediction": prediction, "loss_weight": loss_weight, "train_eps": train_eps, "sample_eps": sample_eps,
-            "time_sampler": time_sampler, "time_loc": float(time_loc), "time_scale": float(time_scale),
+            "prediction": prediction,
+            "loss_weight": loss_weight,
+            "train_eps": train_eps,
+            "sample_eps": sample_eps,
+            "time_sampler": time_sampler,
+            "time_loc": float(time_loc),
+            "time_scale": float(time_scale),
         }
         self.prediction = prediction
         self.loss_weight = loss_weight

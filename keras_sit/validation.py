@@ -30,8 +30,11 @@ def check_number(name, value, low=-math.inf, high=math.inf, include_low=True, in
 
     The bounds are included or not by `include_low` and `include_high`.
     """
-    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
-            or not math.isfinite(value)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or not math.isfinite(value)
+    ):
         raise TypeError(f"`{name}` must be a finite number; got {value!r}.")
     above = value >= low if include_low else value > low
     below = value <= high if include_high else value < high

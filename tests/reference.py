@@ -1,4 +1,4 @@
-"""A plain NumPy SiT forward pass, written from the official spec, to check the Keras layers against."""
+"""A plain NumPy SiT forward pass, written from the official SiT `models.py`, to check the Keras layers against."""
 
 import math
 
@@ -84,7 +84,7 @@ def patchify(x, p):
         for c in range(w):
             for i in range(p):
                 for j in range(p):
-                    out[:, r * w + c, (i * p + j) * channels:(i * p + j + 1) * channels] = x[:, r * p + i, c * p + j]
+                    out[:, r * w + c, (i * p + j) * channels : (i * p + j + 1) * channels] = x[:, r * p + i, c * p + j]
     return out
 
 
@@ -102,7 +102,7 @@ def unpatchify(tokens, p, data_shape, learn_sigma):
             for i in range(p):
                 for j in range(p):
                     start = (i * p + j) * out_channels
-                    out[:, r * p + i, c * p + j] = tokens[:, r * w + c, start:start + out_channels]
+                    out[:, r * p + i, c * p + j] = tokens[:, r * w + c, start : start + out_channels]
     return out[..., :channels]
 
 

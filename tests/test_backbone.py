@@ -12,7 +12,10 @@ SMALL = dict(patch_size=2, hidden_size=16, depth=2, num_heads=2)
 
 
 def inputs(rng, data_shape, batch=3, num_classes=None):
-    out = {"x_t": rng.normal(size=(batch, *data_shape)).astype("float32"), "t": rng.uniform(size=batch).astype("float32")}
+    out = {
+        "x_t": rng.normal(size=(batch, *data_shape)).astype("float32"),
+        "t": rng.uniform(size=batch).astype("float32"),
+    }
     if num_classes:
         out["labels"] = rng.integers(0, num_classes, batch).astype("int32")
     return out
@@ -65,7 +68,9 @@ def _table(model):
 
 
 def test_initialization_follows_official_scheme():
-    model = SiTBackbone(input_shape=(8, 8, 4), patch_size=2, hidden_size=64, depth=2, num_heads=4, num_classes=10, seed=0)
+    model = SiTBackbone(
+        input_shape=(8, 8, 4), patch_size=2, hidden_size=64, depth=2, num_heads=4, num_classes=10, seed=0
+    )
     for block in model.blocks:
         assert not np.any(to_numpy(block.adaLN_modulation.kernel))
         qkv = to_numpy(block.attn.qkv.kernel)
@@ -91,7 +96,16 @@ def test_same_seed_same_weights_other_seed_other_weights():
 
 
 def test_official_parameter_count_sit_s2():
-    model = SiTBackbone(input_shape=(32, 32, 4), patch_size=2, hidden_size=384, depth=12, num_heads=6, num_classes=1000, learn_sigma=True, seed=0)
+    model = SiTBackbone(
+        input_shape=(32, 32, 4),
+        patch_size=2,
+        hidden_size=384,
+        depth=12,
+        num_heads=6,
+        num_classes=1000,
+        learn_sigma=True,
+        seed=0,
+    )
     assert model.count_params() == 32_963_360  # official SiT-S/2, pos_embed included
     assert len(model.trainable_weights) + len(model.non_trainable_weights) == 12 + 10 * 12  # official key count
 

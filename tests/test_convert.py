@@ -14,7 +14,7 @@ import keras_sit
 from keras_sit.convert import export_official_state_dict, import_official_checkpoint
 from tests.conftest import to_numpy
 
-# --- An independent PyTorch SiT, written from the spec (section 6), NCHW, official key names ---
+# --- An independent PyTorch SiT, written from the official `models.py`, NCHW, official key names ---
 
 
 def sincos_table(dim, side):
@@ -131,7 +131,9 @@ def config_without_name(model):
 @pytest.mark.parametrize(
     "config",
     [
-        dict(input_shape=(8, 8, 3), patch_size=2, hidden_size=32, depth=2, num_heads=4, num_classes=5, learn_sigma=True),
+        dict(
+            input_shape=(8, 8, 3), patch_size=2, hidden_size=32, depth=2, num_heads=4, num_classes=5, learn_sigma=True
+        ),
         dict(input_shape=(4, 4, 1), patch_size=2, hidden_size=16, depth=1, num_heads=2),
     ],
 )
@@ -151,17 +153,31 @@ def test_export_import_round_trip_is_exact(rng, config):
 
 def test_exported_keys_shapes_and_order_are_official(rng):
     d, depth, p, c, tokens, classes = 32, 2, 2, 3, 16, 5
-    model = randomized_sit(rng, input_shape=(8, 8, c), patch_size=p, hidden_size=d, depth=depth, num_heads=4,
-                           num_classes=classes, learn_sigma=True, seed=0)
+    model = randomized_sit(
+        rng,
+        input_shape=(8, 8, c),
+        patch_size=p,
+        hidden_size=d,
+        depth=depth,
+        num_heads=4,
+        num_classes=classes,
+        learn_sigma=True,
+        seed=0,
+    )
     state = export_official_state_dict(model)
     expected = {
         "pos_embed": (1, tokens, d),
-        "x_embedder.proj.weight": (d, c, p, p), "x_embedder.proj.bias": (d,),
-        "t_embedder.mlp.0.weight": (d, 256), "t_embedder.mlp.0.bias": (d,),
-        "t_embedder.mlp.2.weight": (d, d), "t_embedder.mlp.2.bias": (d,),
+        "x_embedder.proj.weight": (d, c, p, p),
+        "x_embedder.proj.bias": (d,),
+        "t_embedder.mlp.0.weight": (d, 256),
+        "t_embedder.mlp.0.bias": (d,),
+        "t_embedder.mlp.2.weight": (d, d),
+        "t_embedder.mlp.2.bias": (d,),
         "y_embedder.embedding_table.weight": (classes + 1, d),
-        "final_layer.linear.weight": (p * p * 2 * c, d), "final_layer.linear.bias": (p * p * 2 * c,),
-        "final_layer.adaLN_modulation.1.weight": (2 * d, d), "final_layer.adaLN_modulation.1.bias": (2 * d,),
+        "final_layer.linear.weight": (p * p * 2 * c, d),
+        "final_layer.linear.bias": (p * p * 2 * c,),
+        "final_layer.adaLN_modulation.1.weight": (2 * d, d),
+        "final_layer.adaLN_modulation.1.bias": (2 * d,),
     }
     for i in range(depth):
         for name, rows in [("attn.qkv", 3 * d), ("attn.proj", d), ("mlp.fc1", 4 * d), ("adaLN_modulation.1", 6 * d)]:

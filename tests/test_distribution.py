@@ -71,8 +71,9 @@ def test_layout_map_entries(path, axes):
 
 def test_layout_map_covers_exactly_the_matmuls_of_a_real_sit():
     """Every variable of a SiT matches at most one key, and exactly the expected ones are split."""
-    model = keras_sit.SiT(input_shape=(4, 4, 2), patch_size=2, hidden_size=16, depth=2, num_heads=2,
-                          num_classes=3, seed=0)
+    model = keras_sit.SiT(
+        input_shape=(4, 4, 2), patch_size=2, hidden_size=16, depth=2, num_heads=2, num_classes=3, seed=0
+    )
     layout_map = distribution.sit_layout_map(mesh())
     found = {}
     for variable in model.variables:
@@ -80,15 +81,16 @@ def test_layout_map_covers_exactly_the_matmuls_of_a_real_sit():
         if layout is not None:
             found[variable.path] = layout.axes
     assert found == {
-        f"{parent}/{suffix}": axes
-        for parent in ("blocks_0", "blocks_1")
-        for suffix, axes in EXPECTED_AXES.items()
+        f"{parent}/{suffix}": axes for parent in ("blocks_0", "blocks_1") for suffix, axes in EXPECTED_AXES.items()
     } | {
         "final_layer/adaLN_modulation/kernel": (None, "model"),
         "final_layer/adaLN_modulation/bias": ("model",),
     }
-    assert all(layout_map[variable.path].device_mesh.shape == (2, 2) for variable in model.variables
-               if layout_map[variable.path] is not None)
+    assert all(
+        layout_map[variable.path].device_mesh.shape == (2, 2)
+        for variable in model.variables
+        if layout_map[variable.path] is not None
+    )
 
 
 def test_layout_map_uses_the_named_model_axis():
@@ -98,7 +100,9 @@ def test_layout_map_uses_the_named_model_axis():
 
 
 def test_layout_map_argument_errors():
-    with pytest.raises(ValueError, match=r"`model_axis` 'model' is not an axis of `device_mesh`.*\['batch', 'tensor'\]"):
+    with pytest.raises(
+        ValueError, match=r"`model_axis` 'model' is not an axis of `device_mesh`.*\['batch', 'tensor'\]"
+    ):
         distribution.sit_layout_map(mesh(axis_names=("batch", "tensor")))
     with pytest.raises(TypeError, match="`device_mesh` must be a keras.distribution.DeviceMesh; got tuple"):
         distribution.sit_layout_map((2, 2))
@@ -107,18 +111,29 @@ def test_layout_map_argument_errors():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(model_parallel_size=3, devices=FAKE_DEVICES[:4]),
-         r"`model_parallel_size` \(3\) must divide the number of devices \(4\)"),
+        (
+            dict(model_parallel_size=3, devices=FAKE_DEVICES[:4]),
+            r"`model_parallel_size` \(3\) must divide the number of devices \(4\)",
+        ),
         (dict(model_parallel_size=0, devices=FAKE_DEVICES[:4]), r"`model_parallel_size` must be a positive int; got 0"),
         (dict(model_parallel_size=True, devices=FAKE_DEVICES[:4]), r"`model_parallel_size` must be a positive int"),
         (dict(model_parallel_size=2, devices=[]), r"`devices` must name at least one device"),
-        (dict(model_parallel_size=2, devices=FAKE_DEVICES[:4], batch_axis="model"),
-         r"`batch_axis` and `model_axis` must differ; both are 'model'"),
-        (dict(model_parallel_size=2, devices=FAKE_DEVICES[:4], model_axis=""), r"`model_axis` must be a non-empty string"),
-        (dict(model_parallel_size=4, devices=FAKE_DEVICES[:4], hidden_size=18),
-         r"`model_parallel_size` \(4\) must divide `hidden_size` \(18\)"),
-        (dict(model_parallel_size=8, devices=FAKE_DEVICES, hidden_size=16, mlp_ratio=1.25),
-         r"`model_parallel_size` \(8\) must divide the MLP width `int\(hidden_size \* mlp_ratio\)` \(20\)"),
+        (
+            dict(model_parallel_size=2, devices=FAKE_DEVICES[:4], batch_axis="model"),
+            r"`batch_axis` and `model_axis` must differ; both are 'model'",
+        ),
+        (
+            dict(model_parallel_size=2, devices=FAKE_DEVICES[:4], model_axis=""),
+            r"`model_axis` must be a non-empty string",
+        ),
+        (
+            dict(model_parallel_size=4, devices=FAKE_DEVICES[:4], hidden_size=18),
+            r"`model_parallel_size` \(4\) must divide `hidden_size` \(18\)",
+        ),
+        (
+            dict(model_parallel_size=8, devices=FAKE_DEVICES, hidden_size=16, mlp_ratio=1.25),
+            r"`model_parallel_size` \(8\) must divide the MLP width `int\(hidden_size \* mlp_ratio\)` \(20\)",
+        ),
     ],
 )
 def test_model_parallel_argument_errors(kwargs, message):

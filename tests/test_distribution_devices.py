@@ -93,8 +93,9 @@ def four_devices(tmp_path_factory):
         "XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    done = subprocess.run([sys.executable, __file__, str(out_dir)], env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, __file__, str(out_dir)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     summary = json.loads((out_dir / "summary.json").read_text())
     summary["runs"] = {name: dict(np.load(out_dir / f"{name}.npz")) for name in RUNS}

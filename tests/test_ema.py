@@ -45,7 +45,9 @@ def trained(images, epochs, rng=None, **compile_kwargs):
 def record_fit(model, images, epochs):
     """`fit` one step per epoch; the weights after each step (synced at epoch end on every backend)."""
     history = []
-    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: history.append(values(model.trainable_weights)))
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: history.append(values(model.trainable_weights))
+    )
     model.fit(images, batch_size=len(images), epochs=epochs, verbose=0, shuffle=False, callbacks=[record])
     return history
 
@@ -115,8 +117,15 @@ def test_swap_ema_weights_callback_validates_on_the_ema(images):
     for callbacks in ([], [keras.callbacks.SwapEMAWeights()]):
         model = tiny_sit()
         model.compile(optimizer=keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=DECAY))
-        history = model.fit(images, batch_size=len(images), epochs=2, verbose=0, shuffle=False,
-                            validation_data=(images,), callbacks=callbacks)
+        history = model.fit(
+            images,
+            batch_size=len(images),
+            epochs=2,
+            verbose=0,
+            shuffle=False,
+            validation_data=(images,),
+            callbacks=callbacks,
+        )
         runs.append((values(model.trainable_weights) + ema_values(model), history.history["val_loss"]))
     (plain, plain_val), (swapped, swapped_val) = runs
     for a, b in zip(plain, swapped):
@@ -141,11 +150,16 @@ def test_generate_encode_log_likelihood_use_the_ema(images, rng):
     # the step-by-step path and the SDE
     sde = dict(sampler="sde-euler", return_trajectory=True, **sample_args)
     np.testing.assert_allclose(model.generate(4, **sde)[0], twin.generate(4, **sde)[0], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(model.encode(images[:4], num_steps=3), twin.encode(images[:4], num_steps=3),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        model.encode(images[:4], num_steps=3), twin.encode(images[:4], num_steps=3), rtol=0, atol=1e-5
+    )
     likelihood = dict(num_steps=2, sampler="euler", divergence="hutchinson", seed=0)
-    np.testing.assert_allclose(model.log_likelihood(images[:4], **likelihood)[0],
-                               twin.log_likelihood(images[:4], **likelihood)[0], rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(
+        model.log_likelihood(images[:4], **likelihood)[0],
+        twin.log_likelihood(images[:4], **likelihood)[0],
+        rtol=1e-6,
+        atol=1e-4,
+    )
     assert_all_equal(values(model.trainable_weights), raw)
 
 
@@ -160,8 +174,9 @@ def test_save_load_keeps_ema_and_resumes(images, tmp_path):
     np.testing.assert_array_equal(loaded.generate(4, num_steps=3, seed=0), model.generate(4, num_steps=3, seed=0))
     record_fit(model, images, epochs=1)
     record_fit(loaded, images, epochs=1)
-    for a, b in zip(values(loaded.trainable_weights) + ema_values(loaded),
-                    values(model.trainable_weights) + ema_values(model)):
+    for a, b in zip(
+        values(loaded.trainable_weights) + ema_values(loaded), values(model.trainable_weights) + ema_values(model)
+    ):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
@@ -176,8 +191,11 @@ def test_errors(images):
     with pytest.raises(TypeError, match="use_ema"):
         model.compile(use_ema="yes")
     model.compile(use_ema=True)
-    for call in (model.apply_ema, lambda: model.ema_weights().__enter__(),
-                 lambda: model.generate(2, num_steps=2, use_ema=True)):
+    for call in (
+        model.apply_ema,
+        lambda: model.ema_weights().__enter__(),
+        lambda: model.generate(2, num_steps=2, use_ema=True),
+    ):
         with pytest.raises(ValueError, match="train at least one step"):  # compiled with EMA, never trained
             call()
     with pytest.raises(TypeError, match="use_ema"):

@@ -21,6 +21,20 @@ def test_train_then_sample(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     grid = Image.open(tmp_path / "samples.png")
     assert grid.size[1] > grid.size[0] * 0.9  # ten rows of ten tiles
-    load("sample").main([str(tmp_path / "sit.keras"), "--labels", "3", "7", "--per-label", "4", "--steps", "2",
-                         "--sampler", "heun", "--output", str(tmp_path / "grid.png")])
+    load("sample").main(
+        [
+            str(tmp_path / "sit.keras"),
+            "--labels",
+            "3",
+            "7",
+            "--per-label",
+            "4",
+            "--steps",
+            "2",
+            "--sampler",
+            "heun",
+            "--output",
+            str(tmp_path / "grid.png"),
+        ]
+    )
     assert Image.open(tmp_path / "grid.png").size[0] > Image.open(tmp_path / "grid.png").size[1]  # 2 rows of 4

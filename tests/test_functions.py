@@ -27,7 +27,9 @@ def batch(rng):
 def test_linear_interpolant_and_velocity(batch):
     x, noise, t = batch
     tb = t[:, None, None, None]
-    np.testing.assert_allclose(to_numpy(linear_interpolant(x, noise, t)), (1 - tb) * x + tb * noise, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(linear_interpolant(x, noise, t)), (1 - tb) * x + tb * noise, rtol=1e-6, atol=1e-6
+    )
     np.testing.assert_array_equal(to_numpy(linear_velocity(x, noise)), noise - x)
     # Endpoints: t=0 is data, t=1 is noise.
     np.testing.assert_allclose(to_numpy(linear_interpolant(x, noise, np.zeros(5, "float32"))), x)
@@ -37,7 +39,9 @@ def test_linear_interpolant_and_velocity(batch):
 def test_cosine_interpolant_and_velocity(batch):
     x, noise, t = batch
     a = np.pi / 2 * t[:, None, None, None]
-    np.testing.assert_allclose(to_numpy(cosine_interpolant(x, noise, t)), np.cos(a) * x + np.sin(a) * noise, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(cosine_interpolant(x, noise, t)), np.cos(a) * x + np.sin(a) * noise, rtol=1e-5, atol=1e-6
+    )
     expected = np.pi / 2 * (-np.sin(a) * x + np.cos(a) * noise)
     np.testing.assert_allclose(to_numpy(cosine_velocity(x, noise, t)), expected, rtol=1e-5, atol=1e-5)
 
@@ -46,7 +50,10 @@ def test_velocity_is_time_derivative_of_interpolant(batch):
     x, noise, t = batch
     t = np.clip(t, 0.05, 0.95)
     h = 1e-2  # central differences in float32 (JAX has no float64 by default): error ~1e-4
-    for interpolant, velocity in [(cosine_interpolant, cosine_velocity), (linear_interpolant, lambda x, n, t: linear_velocity(x, n))]:
+    for interpolant, velocity in [
+        (cosine_interpolant, cosine_velocity),
+        (linear_interpolant, lambda x, n, t: linear_velocity(x, n)),
+    ]:
         finite = (to_numpy(interpolant(x, noise, t + h)) - to_numpy(interpolant(x, noise, t - h))) / (2 * h)
         np.testing.assert_allclose(to_numpy(velocity(x, noise, t)), finite, rtol=1e-3, atol=1e-3)
 
@@ -58,7 +65,10 @@ def test_sample_interpolant_time_is_uniform_and_seeded():
     assert abs(t.mean() - 0.5) < 0.01 and abs(t.var() - 1 / 12) < 0.005
     np.testing.assert_array_equal(t, to_numpy(sample_interpolant_time(20000, seed=3)))
     generator = keras.random.SeedGenerator(1)
-    first, second = to_numpy(sample_interpolant_time(8, seed=generator)), to_numpy(sample_interpolant_time(8, seed=generator))
+    first, second = (
+        to_numpy(sample_interpolant_time(8, seed=generator)),
+        to_numpy(sample_interpolant_time(8, seed=generator)),
+    )
     assert not np.allclose(first, second)
 
 

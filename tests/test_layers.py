@@ -1,4 +1,4 @@
-"""Each layer against the NumPy reference written from the official spec."""
+"""Each layer against the NumPy reference written from the official SiT `models.py`."""
 
 import keras
 import numpy as np
@@ -26,7 +26,9 @@ def test_sincos_1d_values():
 @pytest.mark.parametrize("scale", [1.0, 1000.0])
 def test_timestep_sinusoids(scale):
     t = np.array([0.0, 0.25, 0.999], "float32")
-    np.testing.assert_allclose(to_numpy(layers.timestep_sinusoids(t, 256, scale)), reference.timestep_sinusoids(t, 256, scale), atol=2e-4)
+    np.testing.assert_allclose(
+        to_numpy(layers.timestep_sinusoids(t, 256, scale)), reference.timestep_sinusoids(t, 256, scale), atol=2e-4
+    )
 
 
 def test_patchify_matches_official_order_and_unpatchify_inverts_it(rng):
@@ -41,7 +43,9 @@ def test_unpatchify_learn_sigma_drops_second_half_of_channels(rng):
     out = to_numpy(layers.Unpatchify(2, (4, 6, 3), learn_sigma=True)(tokens))
     np.testing.assert_allclose(out, reference.unpatchify(tokens, 2, (4, 6, 3), True), atol=0)
     vectors = rng.normal(size=(2, 3, 4)).astype("float32")  # D=6, p=2, doubled
-    np.testing.assert_array_equal(to_numpy(layers.Unpatchify(2, (6,), learn_sigma=True)(vectors)), vectors[..., 0::2].reshape(2, 6))
+    np.testing.assert_array_equal(
+        to_numpy(layers.Unpatchify(2, (6,), learn_sigma=True)(vectors)), vectors[..., 0::2].reshape(2, 6)
+    )
 
 
 def test_attention_matches_softmax_reference(rng):
@@ -49,7 +53,9 @@ def test_attention_matches_softmax_reference(rng):
     x = rng.normal(size=(3, 5, 8)).astype("float32")
     layer.build(x.shape)
     randomize(layer, rng)
-    np.testing.assert_allclose(to_numpy(layer(x)), reference.attention(x.astype("float64"), layer, 2), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        to_numpy(layer(x)), reference.attention(x.astype("float64"), layer, 2), rtol=1e-4, atol=1e-5
+    )
 
 
 class _ApplyDense(keras.layers.Layer):
@@ -78,8 +84,12 @@ def test_dense_over_tokens_equals_dense(rng, policy, lora):
     out = _ApplyDense(dense, dtype=policy)(x)
     assert keras.backend.standardize_dtype(out.dtype) == keras.backend.standardize_dtype(expected.dtype)
     tolerance = 1e-2 if policy == "mixed_bfloat16" else 1e-6
-    np.testing.assert_allclose(to_numpy(out).astype("float32").reshape(8, 5), to_numpy(expected).astype("float32"),
-                               rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(
+        to_numpy(out).astype("float32").reshape(8, 5),
+        to_numpy(expected).astype("float32"),
+        rtol=tolerance,
+        atol=tolerance,
+    )
 
 
 @pytest.mark.parametrize("dtypes", [("float32",) * 3, ("bfloat16", "float32", "bfloat16")], ids=["float32", "mixed"])
@@ -101,7 +111,9 @@ def test_block_matches_reference_and_is_identity_at_zero_modulation(rng):
     c = rng.normal(size=(3, 8)).astype("float32")
     block.build(x.shape, c.shape)
     randomize(block, rng)
-    np.testing.assert_allclose(to_numpy(block(x, c)), reference.block(x.astype("float64"), c.astype("float64"), block), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        to_numpy(block(x, c)), reference.block(x.astype("float64"), c.astype("float64"), block), rtol=1e-4, atol=1e-4
+    )
     block.adaLN_modulation.set_weights([np.zeros(w.shape, "float32") for w in block.adaLN_modulation.get_weights()])
     np.testing.assert_array_equal(to_numpy(block(x, c)), x)
 
@@ -112,7 +124,12 @@ def test_final_layer_matches_reference(rng):
     c = rng.normal(size=(3, 8)).astype("float32")
     layer.build(x.shape, c.shape)
     randomize(layer, rng)
-    np.testing.assert_allclose(to_numpy(layer(x, c)), reference.final_layer(x.astype("float64"), c.astype("float64"), layer), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        to_numpy(layer(x, c)),
+        reference.final_layer(x.astype("float64"), c.astype("float64"), layer),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_patch_embedding_adds_fixed_positions(rng):

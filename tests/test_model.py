@@ -27,7 +27,11 @@ def test_fit_unconditional_arrays_with_validation_and_callbacks(images):
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     seen = []
     history = model.fit(
-        images, batch_size=8, epochs=3, verbose=0, validation_data=(images[:8],),
+        images,
+        batch_size=8,
+        epochs=3,
+        verbose=0,
+        validation_data=(images[:8],),
         callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(logs["loss"]))],
     )
     assert len(seen) == 3 and np.all(np.isfinite(history.history["loss"]))
@@ -166,9 +170,13 @@ def test_save_load_same_outputs_and_resumed_fit_continues_noise_stream(tmp_path,
 
     assert isinstance(loaded, SiT) and loaded.get_config() == model.get_config()
     t = rng.uniform(size=16).astype("float32")
-    np.testing.assert_array_equal(to_numpy(loaded.velocity(images, t, labels)), to_numpy(model.velocity(images, t, labels)))
-    np.testing.assert_array_equal(loaded.generate(4, labels=[0, 1, 2, 0], num_steps=3, seed=1),
-                                  model.generate(4, labels=[0, 1, 2, 0], num_steps=3, seed=1))
+    np.testing.assert_array_equal(
+        to_numpy(loaded.velocity(images, t, labels)), to_numpy(model.velocity(images, t, labels))
+    )
+    np.testing.assert_array_equal(
+        loaded.generate(4, labels=[0, 1, 2, 0], num_steps=3, seed=1),
+        model.generate(4, labels=[0, 1, 2, 0], num_steps=3, seed=1),
+    )
     assert int(to_numpy(loaded.optimizer.iterations)) == 2
     for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
@@ -233,7 +241,9 @@ def test_euler_sampler_on_linear_ode():
     for steps in (1, 4, 64):
         out = to_numpy(samplers.euler(lambda x, t: x, x, steps))
         np.testing.assert_allclose(out, x * (1 - 1 / steps) ** steps, rtol=1e-5)
-    time_seen = to_numpy(samplers.euler(lambda x, t: keras.ops.ones_like(x) * t[:, None], np.zeros((3, 1), "float32"), 4))
+    time_seen = to_numpy(
+        samplers.euler(lambda x, t: keras.ops.ones_like(x) * t[:, None], np.zeros((3, 1), "float32"), 4)
+    )
     # Explicit Euler integral of t over [1, 0] at t = 1, .75, .5, .25: -(1 + .75 + .5 + .25) / 4.
     np.testing.assert_allclose(time_seen, -0.625, rtol=1e-6)
 
@@ -243,14 +253,18 @@ def test_generate_shapes_seed_and_guidance(rng):
     randomize(model, rng)
     samples = model.generate(6, labels=[0, 1, 2, 0, 1, 2], num_steps=4, cfg_scale=3.0, seed=7)
     assert isinstance(samples, np.ndarray) and samples.shape == (6, 4, 4, 2)
-    np.testing.assert_array_equal(samples, model.generate(6, labels=[0, 1, 2, 0, 1, 2], num_steps=4, cfg_scale=3.0, seed=7))
+    np.testing.assert_array_equal(
+        samples, model.generate(6, labels=[0, 1, 2, 0, 1, 2], num_steps=4, cfg_scale=3.0, seed=7)
+    )
     assert not np.allclose(model.generate(6, labels=1, num_steps=4), model.generate(6, labels=1, num_steps=4))
     x = rng.normal(size=(2, 4, 4, 2)).astype("float32")
     t = np.array([0.3, 0.8], "float32")
     y = np.array([1, 2], "int32")
     cond = to_numpy(model.velocity(x, t, y))
     uncond = to_numpy(model.velocity(x, t, np.array([3, 3], "int32")))
-    np.testing.assert_allclose(to_numpy(model.velocity(x, t, y, cfg_scale=3.0)), uncond + 3.0 * (cond - uncond), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        to_numpy(model.velocity(x, t, y, cfg_scale=3.0)), uncond + 3.0 * (cond - uncond), rtol=1e-4, atol=1e-5
+    )
     unconditional = model.generate(2, num_steps=2)  # null class
     assert unconditional.shape == (2, 4, 4, 2)
 
@@ -323,8 +337,10 @@ def test_bad_velocity_arguments(rng):
     with pytest.raises(ValueError, match="`labels` are not accepted"):
         tiny_sit().velocity(x, 0.5, np.zeros(2, "int32"))
     # A scalar t is one time for the whole batch.
-    np.testing.assert_array_equal(to_numpy(model.velocity(x, 0.5, np.zeros(2, "int32"))),
-                                  to_numpy(model.velocity(x, np.full(2, 0.5, "float32"), np.zeros(2, "int32"))))
+    np.testing.assert_array_equal(
+        to_numpy(model.velocity(x, 0.5, np.zeros(2, "int32"))),
+        to_numpy(model.velocity(x, np.full(2, 0.5, "float32"), np.zeros(2, "int32"))),
+    )
 
 
 def test_bad_generate_arguments():

@@ -19,19 +19,25 @@ def run(optimizer_class, steps=4, **kwargs):
     optimizer.exclude_from_weight_decay(var_names=["w1"])
     for _ in range(steps):
         # Gradients from 1e-9 to 1: at the small end epsilon dominates `sqrt(v)`.
-        grads = [keras.ops.convert_to_tensor((10.0 ** -(3 * i)) * rng.normal(size=s).astype("float32"))
-                 for i, s in enumerate(SHAPES)]
+        grads = [
+            keras.ops.convert_to_tensor((10.0 ** -(3 * i)) * rng.normal(size=s).astype("float32"))
+            for i, s in enumerate(SHAPES)
+        ]
         optimizer.apply(grads, variables)
     return [to_numpy(v) for v in variables], [to_numpy(v) for v in optimizer.variables]
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(learning_rate=1e-2, weight_decay=0.0),
-    dict(learning_rate=1e-2, weight_decay=0.5),
-    dict(learning_rate=1e-2, weight_decay=0.1, amsgrad=True, epsilon=1e-3),
-    dict(learning_rate=keras.optimizers.schedules.ExponentialDecay(1e-2, 1, 0.5), beta_1=0.5, beta_2=0.9),
-    dict(learning_rate=1e-2, weight_decay=0.0, use_ema=True, ema_momentum=0.7, clipnorm=0.5),
-], ids=["plain", "decay", "amsgrad", "schedule", "ema-clip"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(learning_rate=1e-2, weight_decay=0.0),
+        dict(learning_rate=1e-2, weight_decay=0.5),
+        dict(learning_rate=1e-2, weight_decay=0.1, amsgrad=True, epsilon=1e-3),
+        dict(learning_rate=keras.optimizers.schedules.ExponentialDecay(1e-2, 1, 0.5), beta_1=0.5, beta_2=0.9),
+        dict(learning_rate=1e-2, weight_decay=0.0, use_ema=True, ema_momentum=0.7, clipnorm=0.5),
+    ],
+    ids=["plain", "decay", "amsgrad", "schedule", "ema-clip"],
+)
 def test_adamw_steps_as_keras_adamw(kwargs):
     ours, ours_state = run(keras_sit.AdamW, **kwargs)
     keras_, keras_state = run(keras.optimizers.AdamW, **kwargs)
@@ -46,7 +52,8 @@ def test_default_optimizer_is_saved_and_loaded(tmp_path):
     model.compile()
     assert type(model.optimizer) is keras_sit.AdamW
     assert model.optimizer.get_config() == keras.optimizers.AdamW(1e-4, weight_decay=0.0).get_config() | {
-        "name": model.optimizer.name}
+        "name": model.optimizer.name
+    }
     x = np.random.default_rng(0).normal(size=(8, 4, 4, 2)).astype("float32")
     model.fit(x, batch_size=4, epochs=1, verbose=0)
     path = str(tmp_path / "sit.keras")

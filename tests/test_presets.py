@@ -3,7 +3,6 @@
 import gc
 
 import keras
-
 import pytest
 
 from keras_sit import SiT
@@ -13,10 +12,18 @@ OFFICIAL = dict(input_shape=(32, 32, 4), num_classes=1000, learn_sigma=True)
 
 # The official table : sum(numel) with the position table, 256 px latents.
 OFFICIAL_PARAMETERS = {
-    "SiT-S/2": 32_963_360, "SiT-S/4": 32_945_024, "SiT-S/8": 33_148_160,
-    "SiT-B/2": 130_512_416, "SiT-B/4": 130_475_648, "SiT-B/8": 130_881_536,
-    "SiT-L/2": 458_102_816, "SiT-L/4": 458_053_760, "SiT-L/8": 458_594_816,
-    "SiT-XL/2": 675_129_632, "SiT-XL/4": 675_074_432, "SiT-XL/8": 675_683_072,
+    "SiT-S/2": 32_963_360,
+    "SiT-S/4": 32_945_024,
+    "SiT-S/8": 33_148_160,
+    "SiT-B/2": 130_512_416,
+    "SiT-B/4": 130_475_648,
+    "SiT-B/8": 130_881_536,
+    "SiT-L/2": 458_102_816,
+    "SiT-L/4": 458_053_760,
+    "SiT-L/8": 458_594_816,
+    "SiT-XL/2": 675_129_632,
+    "SiT-XL/4": 675_074_432,
+    "SiT-XL/8": 675_683_072,
 }
 
 

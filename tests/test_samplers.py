@@ -22,7 +22,9 @@ def endpoint_error(method, steps, path, z):
     return np.abs(out - gaussian.transport_map(z)).max()
 
 
-@pytest.mark.parametrize("method, order, steps", [("euler", 1, 16), ("midpoint", 2, 16), ("heun", 2, 16), ("rk4", 4, 8)])
+@pytest.mark.parametrize(
+    "method, order, steps", [("euler", 1, 16), ("midpoint", 2, 16), ("heun", 2, 16), ("rk4", 4, 8)]
+)
 def test_fixed_step_convergence_order(method, order, steps, rng):
     """Doubling the steps divides the error by 2^order (noise at t=1 -> mu + s z at t=0).
 
@@ -68,7 +70,9 @@ def test_sde_reproduces_mean_and_variance(method, form, rng):
     # The noiseless "mean" step shrinks the spread by (1 - h w / var); fine for the small w of
     # sigma/linear at t = 0.04, not for w = 1: there the plain ODE step is the right last step.
     last_step = "euler" if form == "constant" else "mean"
-    x = to_numpy(samplers.sde_last_step(last_step, velocity_and_score, x, np.full(n, last, "float32"), last, w, transport.path))
+    x = to_numpy(
+        samplers.sde_last_step(last_step, velocity_and_score, x, np.full(n, last, "float32"), last, w, transport.path)
+    )
     # Within ~4 standard errors of the target moments, plus the O(step) bias.
     np.testing.assert_allclose(x.mean(0), MU, atol=4 * max(S) / np.sqrt(n) + 0.03)
     np.testing.assert_allclose(x.std(0), S, rtol=0.06)
@@ -86,14 +90,18 @@ def test_diffusion_forms_in_our_time():
         "increasing-decreasing": 2 * np.sin(np.pi * t) ** 2,
     }
     for form, values in expected.items():
-        np.testing.assert_allclose(to_numpy(samplers.diffusion_coefficient(form, t, transport, norm=2.0)), values, rtol=1e-5)
+        np.testing.assert_allclose(
+            to_numpy(samplers.diffusion_coefficient(form, t, transport, norm=2.0)), values, rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun", "midpoint", "rk4", "dopri5", "sde-euler", "sde-heun"])
 def test_generate_with_every_sampler(sampler, rng):
     model = tiny_sit(num_classes=3)
     randomize(model, rng)
-    samples = model.generate(4, labels=[0, 1, 2, 0], num_steps=4, cfg_scale=2.0, sampler=sampler, seed=0, atol=1e-3, rtol=1e-2)
+    samples = model.generate(
+        4, labels=[0, 1, 2, 0], num_steps=4, cfg_scale=2.0, sampler=sampler, seed=0, atol=1e-3, rtol=1e-2
+    )
     assert samples.shape == (4, 4, 4, 2) and np.all(np.isfinite(samples))
 
 
@@ -255,8 +263,9 @@ def test_model_log_likelihood_runs_and_reports_bits_per_dim(rng):
     x = rng.normal(size=(3, 4)).astype("float32")
     log_p, bpd = model.log_likelihood(x, labels=[0, 1, 2], num_steps=2, sampler="euler")  # auto: exact for 4 dims
     np.testing.assert_allclose(bpd, -log_p / (4 * np.log(2)), rtol=1e-6)
-    estimate, _ = model.log_likelihood(x, labels=[0, 1, 2], num_steps=2, sampler="euler", divergence="hutchinson",
-                                       num_probes=16, seed=0)
+    estimate, _ = model.log_likelihood(
+        x, labels=[0, 1, 2], num_steps=2, sampler="euler", divergence="hutchinson", num_probes=16, seed=0
+    )
     assert np.all(np.isfinite(estimate)) and np.all(np.abs(estimate - log_p) < 0.1 * np.abs(log_p))
     with pytest.raises(ValueError, match="`divergence` must be"):
         model.log_likelihood(x, labels=[0, 1, 2], divergence="trace")

@@ -62,8 +62,9 @@ def test_conversions_recover_exact_fields(name, prediction, rng):
     # A range that holds every clean-data estimate changes nothing; a narrow one clips it.
     wide = transport.to_velocity(output, x, t, clip_data=(-1e3, 1e3))
     np.testing.assert_allclose(to_numpy(wide), to_numpy(gaussian.velocity(x, t)), **tol)
-    _, _, da, db = (to_numpy(f(t))[:, None] for f in (PATHS[name].alpha, PATHS[name].beta, PATHS[name].d_alpha,
-                                                      PATHS[name].d_beta))
+    _, _, da, db = (
+        to_numpy(f(t))[:, None] for f in (PATHS[name].alpha, PATHS[name].beta, PATHS[name].d_alpha, PATHS[name].d_beta)
+    )
     clipped = np.clip(to_numpy(gaussian.posterior(x, t)[0]), 0.0, 0.5)
     expected = da * clipped + db * to_numpy(gaussian.noise(x, t))
     np.testing.assert_allclose(to_numpy(transport.to_velocity(output, x, t, clip_data=(0.0, 0.5))), expected, **tol)
@@ -87,12 +88,18 @@ def test_targets_and_weights(rng):
     b, d = t, t / (1 - t)  # linear path
     np.testing.assert_allclose(to_numpy(Transport("linear", "velocity").target(x, noise, t)), noise - x)
     np.testing.assert_allclose(to_numpy(Transport("linear", "noise").target(x, noise, t)), noise)
-    np.testing.assert_allclose(to_numpy(Transport("linear", "score").target(x, noise, t)), -noise / b[:, None], rtol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(Transport("linear", "score").target(x, noise, t)), -noise / b[:, None], rtol=1e-6
+    )
     assert Transport("linear", "velocity").example_weight(t) is None
     assert Transport("linear", "noise").example_weight(t) is None
     np.testing.assert_allclose(to_numpy(Transport("linear", "score").example_weight(t)), b**2, rtol=1e-6)
-    np.testing.assert_allclose(to_numpy(Transport("linear", "noise", "velocity").example_weight(t)), (d / b) ** 2, rtol=1e-5)
-    np.testing.assert_allclose(to_numpy(Transport("linear", "score", "likelihood").example_weight(t)), b**2 * d / b**2, rtol=1e-5)
+    np.testing.assert_allclose(
+        to_numpy(Transport("linear", "noise", "velocity").example_weight(t)), (d / b) ** 2, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        to_numpy(Transport("linear", "score", "likelihood").example_weight(t)), b**2 * d / b**2, rtol=1e-5
+    )
 
 
 def test_eps_defaults_and_user_values_are_honoured():

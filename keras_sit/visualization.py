@@ -1,0 +1,65 @@
+"""Pictures of samples and training curves.
+
+`save_image_grid` writes a batch of images as one PNG, a row per class (or
+any grouping); `plot_losses` writes a `fit` history's curves. Pillow and
+Matplotlib are imported when called (the `examples` extra installs them),
+so the library itself does not depend on them.
+"""
+
+import numpy as np
+
+
+def image_grid(images, rows, pad=1, value_range=(-1.0, 1.0)):
+    """`[N, H, W, C]` images as one uint8 array `[rows * (H + 2 pad), N / rows * (W + 2 pad), C]`.
+
+    Images fill the grid row by row; values are clipped to `value_range`
+    and mapped onto 0..255; tiles are separated by `pad` grey pixels.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"`images` must be [N, height, width, channels]; got shape {images.shape}.")
+    if rows <= 0 or len(images) % rows:
+        raise ValueError(f"`rows` ({rows}) must divide the number of images ({len(images)}).")
+    low, high = value_range
+    tiles = np.round((np.clip(images, low, high) - low) / (high - low) * 255.0).astype("uint8")
+    height, width, channels = tiles.shape[1:]
+    tiles = np.pad(tiles, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=128)
+    tile_height, tile_width = height + 2 * pad, width + 2 * pad
+    grid = tiles.reshape(rows, -1, tile_height, tile_width, channels).transpose(0, 2, 1, 3, 4)
+    return grid.reshape(rows * tile_height, -1, channels)
+
+
+def save_image_grid(images, path, rows=1, pad=1, value_range=(-1.0, 1.0), min_height=512):
+    """Write `images` (`[N, H, W, C]`, C = 1 or 3) as a PNG grid of `rows` rows.
+
+    Small images are scaled up by an integer factor (nearest neighbour) until
+    the grid is at least `min_height` pixels tall, so 8x8 digits stay visible.
+    """
+    from PIL import Image
+
+    grid = image_grid(images, rows, pad, value_range)
+    image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    scale = max(1, min_height // grid.shape[0])
+    image.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
+
+
+def plot_losses(history, path, title=None):
+    """Plot every loss curve of a `fit` history (`History.history` or the dict) to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = getattr(history, "history", history)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in history.items():
+        if name.endswith("loss"):
+            ax.plot(np.arange(1, len(values) + 1), values, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
