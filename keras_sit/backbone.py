@@ -5,7 +5,6 @@ prediction of the same shape as `x_t` (`"labels"` only when `num_classes` is
 set). Same maths and weight layout as the official SiT (docs/architecture.md).
 """
 
-import inspect
 import math
 
 import keras
@@ -14,36 +13,21 @@ from keras import ops
 
 from keras_sit.functions import output_size
 from keras_sit.layers import FinalLayer, LabelEmbedding, PatchEmbedding, SiTBlock, TimestepEmbedding, Unpatchify
-from keras_sit.validation import check_bool, check_number, check_positive_int
+from keras_sit.validation import check_bool, check_number, check_positive_int, keyword_defaults
 
 
-def validate_architecture(
-    input_shape,
-    input_dim,
-    patch_size,
-    hidden_size,
-    depth,
-    num_heads,
-    mlp_ratio,
-    num_classes,
-    class_dropout_prob,
-    learn_sigma,
-    num_steps,
-):
-    """Check the architecture arguments; return the data shape `(H, W, C)` or `(D,)`."""
+def validate_architecture(config):
+    """Check a dict of `SiTBackbone`'s architecture arguments; return the data shape `(H, W, C)` or `(D,)`."""
+    input_shape, input_dim = config["input_shape"], config["input_dim"]
+    patch_size, hidden_size, num_heads = config["patch_size"], config["hidden_size"], config["num_heads"]
     if (input_shape is None) == (input_dim is None):
         raise ValueError(
             "Give exactly one of `input_shape` (H, W, C) for images and `input_dim` (int) for vectors; "
             f"got input_shape={input_shape!r}, input_dim={input_dim!r}."
         )
-    for name, value in [
-        ("patch_size", patch_size),
-        ("hidden_size", hidden_size),
-        ("depth", depth),
-        ("num_heads", num_heads),
-    ]:
-        check_positive_int(name, value)
-    check_positive_int("num_classes", num_classes, allow_none=True)
+    for name in ("patch_size", "hidden_size", "depth", "num_heads"):
+        check_positive_int(name, config[name])
+    check_positive_int("num_classes", config["num_classes"], allow_none=True)
     if input_dim is not None:
         check_positive_int("input_dim", input_dim)
         if input_dim % patch_size:
@@ -66,10 +50,10 @@ def validate_architecture(
         data_shape = tuple(int(v) for v in input_shape)
     if hidden_size % num_heads:
         raise ValueError(f"`hidden_size` ({hidden_size}) must be divisible by `num_heads` ({num_heads}).")
-    check_number("mlp_ratio", mlp_ratio, low=0.0, include_low=False)
-    check_number("class_dropout_prob", class_dropout_prob, 0.0, 1.0)
-    check_number("num_steps", num_steps, low=0.0, include_low=False)
-    check_bool("learn_sigma", learn_sigma)
+    check_number("mlp_ratio", config["mlp_ratio"], low=0.0, include_low=False)
+    check_number("class_dropout_prob", config["class_dropout_prob"], 0.0, 1.0)
+    check_number("num_steps", config["num_steps"], low=0.0, include_low=False)
+    check_bool("learn_sigma", config["learn_sigma"])
     return data_shape
 
 
@@ -111,19 +95,9 @@ class SiTBackbone(keras.Model):
         dtype=None,
         **kwargs,
     ):
-        data_shape = validate_architecture(
-            input_shape,
-            input_dim,
-            patch_size,
-            hidden_size,
-            depth,
-            num_heads,
-            mlp_ratio,
-            num_classes,
-            class_dropout_prob,
-            learn_sigma,
-            num_steps,
-        )
+        arguments = locals()
+        architecture = {name: arguments[name] for name in ARCHITECTURE_DEFAULTS}
+        data_shape = validate_architecture(architecture)
         # === Layers === (attributes only after `super().__init__`, which torch requires)
         patch_embedding = PatchEmbedding(patch_size, hidden_size, dtype=dtype, name="x_embedder")
         time_embedding = TimestepEmbedding(hidden_size, time_scale=float(num_steps), dtype=dtype, name="t_embedder")
@@ -157,8 +131,7 @@ class SiTBackbone(keras.Model):
         self.unpatchify = unpatchify
 
         # === Config ===
-        arguments = locals()
-        self.architecture = {name: arguments[name] for name in ARCHITECTURE_DEFAULTS}
+        self.architecture = architecture
         if input_shape is not None:
             self.architecture["input_shape"] = tuple(int(v) for v in input_shape)
         self.data_shape = data_shape
@@ -228,19 +201,8 @@ class SiTBackbone(keras.Model):
             "seed": self.seed,
         }
 
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        return cls(**config)
-
 
 # The architecture arguments and their defaults, read from the constructor's
 # signature so that they are declared once: `SiT` forwards these, and
 # `keras_sit.presets` fills them in.
-ARCHITECTURE_DEFAULTS = {
-    name: parameter.default
-    for name, parameter in inspect.signature(SiTBackbone.__init__).parameters.items()
-    if name not in ("self", "seed", "dtype", "kwargs")
-}
+ARCHITECTURE_DEFAULTS = keyword_defaults(SiTBackbone.__init__, exclude=("seed", "dtype"))

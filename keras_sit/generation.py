@@ -188,13 +188,6 @@ def sde_loop(model, settings):
     return run
 
 
-def sampling_loop(settings):
-    """The builder of `generate`'s whole loop for `settings`."""
-    if settings.sampler == "dopri5":
-        return dopri5_loop
-    return ode_loop if settings.is_ode else sde_loop
-
-
 # --- one step at a time: `fn(x, z, labels, i, n) -> (x, nfe)` -------------------------------
 
 
@@ -253,11 +246,11 @@ def sde_last_step(model, settings):
     return finish
 
 
-def sampling_step(settings):
-    """The builder of `generate`'s single step for `settings`."""
+def sampling_builders(settings):
+    """The builders of `generate`'s whole loop and of its single step for `settings`."""
     if settings.sampler == "dopri5":
-        return dopri5_segment
-    return ode_step if settings.is_ode else sde_step
+        return dopri5_loop, dopri5_segment
+    return (ode_loop, ode_step) if settings.is_ode else (sde_loop, sde_step)
 
 
 # --- the other direction: `fn(x, labels)` and `fn(x, labels, probes)` -------------------------
@@ -452,7 +445,7 @@ class SamplingMixin:
         x, labels = distribution.shard_batch(x, labels)
         with weights:
             if not (verbose or return_trajectory):
-                run = self._compiled(sampling_loop(settings), settings, labels is None)
+                run = self._compiled(sampling_builders(settings)[0], settings, labels is None)
                 return ops.convert_to_numpy(run(x, increments, labels))
             return self._generate_stepwise(settings, x, increments, labels, verbose, return_trajectory)
 
@@ -556,7 +549,7 @@ class SamplingMixin:
         num_steps = settings.num_steps
         if settings.sampler == "dopri5" and not return_trajectory:
             num_steps = 1
-        step = self._compiled(sampling_step(settings), settings, labels is None)
+        step = self._compiled(sampling_builders(settings)[1], settings, labels is None)
         progress = keras.utils.Progbar(num_steps, verbose=verbose, stateful_metrics=["nfe"], unit_name="step")
         trajectory = [ops.convert_to_numpy(x)] if return_trajectory else None
         nfe = 0

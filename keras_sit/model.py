@@ -21,7 +21,7 @@ from keras_sit.functions import sit_loss
 from keras_sit.generation import SamplingMixin
 from keras_sit.optimizers import AdamW
 from keras_sit.presets import preset_config
-from keras_sit.transport import Transport
+from keras_sit.transport import TRANSPORT_DEFAULTS, Transport
 from keras_sit.validation import (
     SEED_LIMIT,
     check_bool,
@@ -50,12 +50,6 @@ class SiT(SamplingMixin, keras.Model):
     space the samples should come back in (for images, typically [-1, 1]).
 
     Args:
-        path: `"linear"` (`x_t = (1 - t) x + t eps`), `"cosine"`, `"vp"`, or
-            a `keras_sit.Path` instance.
-        prediction: what the network predicts: `"velocity"`, `"score"` or
-            `"noise"`.
-        loss_weight, train_eps, sample_eps, time_sampler, time_loc, time_scale:
-            the objective; see `keras_sit.Transport`.
         time_convention: `"keras_sit"` (the network sees our `t`), or
             `"official"` for weights imported from the official PyTorch SiT
             (`keras_sit.import_official_checkpoint`): the network then sees
@@ -64,36 +58,30 @@ class SiT(SamplingMixin, keras.Model):
         seed: seeds the weights, the training noise stream and the default
             sampling noise stream. None draws one, which is then kept in the
             config so that a saved model stays reproducible.
-        **kwargs: the architecture, as keyword arguments of `SiTBackbone`
-            (`input_shape` or `input_dim`, `patch_size`, `hidden_size`,
-            `depth` (alias `num_layers`), `num_heads`, `mlp_ratio`,
-            `num_classes`, `class_dropout_prob`, `learn_sigma`, `num_steps`),
-            and `keras.Model`'s (`name`, `dtype`, ...).
+        **kwargs: keyword arguments of
+            - `SiTBackbone`, the architecture: `input_shape` or `input_dim`,
+              `patch_size`, `hidden_size`, `depth` (alias `num_layers`),
+              `num_heads`, `mlp_ratio`, `num_classes`, `class_dropout_prob`,
+              `learn_sigma`, `num_steps`;
+            - `keras_sit.Transport`, the objective: `path` (`"linear"`,
+              `x_t = (1 - t) x + t eps`, `"cosine"`, `"vp"` or a
+              `keras_sit.Path`), `prediction` (`"velocity"`, `"score"` or
+              `"noise"`), `loss_weight`, `train_eps`, `sample_eps`,
+              `time_sampler`, `time_loc`, `time_scale`;
+            - `keras.Model`: `name`, `dtype`, ...
 
     `model(x)` runs the objective's forward pass and returns
     `{"pred": ..., "target": ...}`; `model.velocity(x_t, t, labels)` is the
     network's velocity field, which is what samplers integrate.
     """
 
-    def __init__(
-        self,
-        path="linear",
-        prediction="velocity",
-        loss_weight=None,
-        train_eps=None,
-        sample_eps=None,
-        time_sampler="uniform",
-        time_loc=0.0,
-        time_scale=1.0,
-        time_convention="keras_sit",
-        seed=None,
-        **kwargs,
-    ):
+    def __init__(self, time_convention="keras_sit", seed=None, **kwargs):
         kwargs = resolve_depth_alias(kwargs, ARCHITECTURE_DEFAULTS["depth"])
         architecture = {name: kwargs.pop(name) for name in ARCHITECTURE_DEFAULTS if name in kwargs}
+        objective = {name: kwargs.pop(name) for name in TRANSPORT_DEFAULTS if name in kwargs}
         check_seed(seed)
         seed = random.randrange(SEED_LIMIT) if seed is None else int(seed)
-        transport = Transport(path, prediction, loss_weight, train_eps, sample_eps, time_sampler, time_loc, time_scale)
+        transport = Transport(**objective)
         check_choice("time_convention", time_convention, TIME_CONVENTIONS)
         super().__init__(**kwargs)
         self.transport = transport
@@ -367,13 +355,6 @@ class SiT(SamplingMixin, keras.Model):
             "time_convention": self.time_convention,
             "seed": self.seed,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        return cls(**config)
 
 
 def _portable_compile_config(config):

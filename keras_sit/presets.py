@@ -50,7 +50,7 @@ def parameter_count(name, input_shape=None, num_classes=None, learn_sigma=False,
     """
     config = {**ARCHITECTURE_DEFAULTS, **preset_config(name, **overrides)}
     config.update(input_shape=input_shape, num_classes=num_classes, learn_sigma=learn_sigma)
-    data_shape = validate_architecture(**{key: config[key] for key in ARCHITECTURE_DEFAULTS})
+    data_shape = validate_architecture(config)
     p, d = config["patch_size"], config["hidden_size"]
     mlp = int(d * config["mlp_ratio"])
     if len(data_shape) == 3:

@@ -23,7 +23,7 @@ from keras import ops
 
 from keras_sit.functions import sample_interpolant_time
 from keras_sit.paths import VPPath, broadcast_time, get_path
-from keras_sit.validation import check_choice, check_number
+from keras_sit.validation import check_choice, check_number, keyword_defaults
 
 PREDICTIONS = ("velocity", "score", "noise")
 LOSS_WEIGHTS = (None, "velocity", "likelihood")
@@ -204,3 +204,8 @@ class Transport:
     def get_config(self):
         """The constructor's arguments as given: `Transport(**config)` rebuilds it."""
         return dict(self._config)
+
+
+# The objective's arguments and their defaults, read from the signature so that
+# they are declared once: `SiT` forwards these.
+TRANSPORT_DEFAULTS = keyword_defaults(Transport.__init__)

@@ -7,6 +7,7 @@ static: they read only `.shape` and `.dtype`, so they work on arrays,
 tensors, `keras.KerasTensor`s and `tf.TensorSpec`s alike.
 """
 
+import inspect
 import math
 
 import keras
@@ -83,6 +84,20 @@ def check_seed(seed):
         raise TypeError(f"`seed` must be an int or None; got {seed!r}.")
     if not 0 <= seed < SEED_LIMIT:
         raise ValueError(f"`seed` must be in [0, 2**31 - 1) (it seeds int32 generators); got {seed}.")
+
+
+def keyword_defaults(function, exclude=()):
+    """`{name: default}` of `function`'s named arguments, `self` and `exclude` left out.
+
+    Lets a class's signature be the one declaration of its configuration:
+    callers that forward those arguments read their names from here.
+    """
+    parameters = inspect.signature(function).parameters.items()
+    return {
+        name: parameter.default
+        for name, parameter in parameters
+        if parameter.kind is parameter.POSITIONAL_OR_KEYWORD and name != "self" and name not in exclude
+    }
 
 
 def resolve_depth_alias(config, default_depth):
