@@ -30,11 +30,11 @@ and, explicitly, the `argparse.Namespace` that `train.py` stores.
 import argparse
 import math
 import os
-import pickle
 
 import numpy as np
 from keras import ops
 
+from keras_sit.convert.checkpoints import float32_arrays, read_checkpoint
 from keras_sit.model import SiT
 from keras_sit.presets import OFFICIAL_NUM_HEADS
 from keras_sit.validation import resolve_depth_alias
@@ -105,16 +105,7 @@ def export_official_state_dict(sit):
 def _load(source):
     """A state dict of NumPy float32 arrays from a path or a (checkpoint) dict."""
     if isinstance(source, (str, os.PathLike)):
-        import torch  # reading a .pt needs torch whatever the Keras backend
-
-        try:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                source = torch.load(source, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise ValueError(
-                f"Refused to load `source` {os.fspath(source)!r}: it holds objects other than tensors, "
-                "containers and argparse.Namespace, and unpickling them could run code."
-            ) from error
+        source = read_checkpoint(source, allowed_globals=[argparse.Namespace])
     if not isinstance(source, dict):
         raise TypeError(f"`source` must be a path to a .pt file or a state dict; got {type(source).__name__}.")
     for wrapper in ("ema", "model"):  # a train.py checkpoint; sampling uses the EMA weights, as upstream
@@ -123,15 +114,7 @@ def _load(source):
             break
     if source and all(str(key).startswith("module.") for key in source):  # saved from DistributedDataParallel
         source = {key[len("module.") :]: value for key, value in source.items()}
-    state = {}
-    for key, value in source.items():
-        if hasattr(value, "detach"):  # torch tensor, possibly bf16
-            value = value.detach().cpu().float().numpy()
-        try:
-            state[key] = np.asarray(value, dtype=np.float32)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"`source[{key!r}]` is not an array of weights: {type(value).__name__}.") from error
-    return state
+    return float32_arrays(source)
 
 
 def _shape(state, key, ndim):

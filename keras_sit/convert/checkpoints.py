@@ -1,0 +1,70 @@
+"""Reading checkpoint files into NumPy without running pickled code.
+
+Users download weights as safetensors or as PyTorch pickles (`.pt`, `.pth`,
+`.bin`, `.ckpt`). Safetensors are read with the `safetensors` package's NumPy
+API, without torch. Pickles need torch to read whatever the Keras backend,
+and are read with `torch.load(weights_only=True)`, which admits only
+tensors, plain containers and the classes a caller allows explicitly, so a
+file cannot run code while it loads.
+"""
+
+import os
+import pickle
+
+import numpy as np
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def read_checkpoint(path, allowed_globals=()):
+    """The object stored in the checkpoint file `path` (a dict of arrays or tensors for a state dict).
+
+    Args:
+        path: a `.safetensors` file, or a PyTorch pickle (`.pt`, `.pth`,
+            `.bin`, `.ckpt`).
+        allowed_globals: classes a pickle may hold besides tensors and
+            containers (e.g. `argparse.Namespace`).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No checkpoint file at `path` {path!r}.")
+    if path.endswith(SAFETENSORS_SUFFIXES):
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(path)
+        except TypeError as error:  # NumPy has no bfloat16: read those through torch
+            if "bfloat16" not in str(error) and "bf16" not in str(error).lower():
+                raise
+            from safetensors.torch import load_file as load_torch_file
+
+            return load_torch_file(path)
+    if not path.endswith(PICKLE_SUFFIXES):
+        raise ValueError(
+            f"`path` {path!r} must end in one of {SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES}: "
+            "a safetensors file or a PyTorch pickle."
+        )
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"Refused to load `path` {path!r}: it holds objects other than tensors and containers, "
+            "and unpickling them could run code."
+        ) from error
+
+
+def float32_arrays(state):
+    """`{key: float32 NumPy array}` from a state dict of torch tensors (any dtype) or arrays."""
+    arrays = {}
+    for key, value in state.items():
+        if hasattr(value, "detach"):  # a torch tensor, possibly bf16
+            value = value.detach().cpu().float().numpy()
+        try:
+            arrays[key] = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"`source[{key!r}]` is not an array of weights: {type(value).__name__}.") from error
+    return arrays
