@@ -1,6 +1,7 @@
 """keras_sit: Scalable Interpolant Transformers for Keras 3 (JAX, TensorFlow, PyTorch)."""
 
-from keras_sit import distribution, presets, samplers, visualization
+from keras_sit import distribution, latents, presets, samplers, visualization
+from keras_sit.autoencoder import AutoencoderKL
 from keras_sit.backbone import SiTBackbone
 from keras_sit.convert import export_official_state_dict, import_official_checkpoint
 from keras_sit.functions import (
@@ -26,6 +27,7 @@ from keras_sit.layers import (
 from keras_sit.model import SiT
 from keras_sit.optimizers import AdamW
 from keras_sit.paths import CosinePath, LinearPath, Path, VPPath, get_path
+from keras_sit.pipeline import LatentSiT
 from keras_sit.presets import PRESETS, parameter_count
 from keras_sit.transport import Transport
 
@@ -36,9 +38,11 @@ __all__ = [
     "PRESETS",
     "AdamW",
     "Attention",
+    "AutoencoderKL",
     "CosinePath",
     "FinalLayer",
     "LabelEmbedding",
+    "LatentSiT",
     "LinearPath",
     "PatchEmbedding",
     "Path",
@@ -56,6 +60,7 @@ __all__ = [
     "export_official_state_dict",
     "get_path",
     "import_official_checkpoint",
+    "latents",
     "linear_interpolant",
     "linear_velocity",
     "output_size",

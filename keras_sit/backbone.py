@@ -22,7 +22,8 @@ def validate_architecture(config):
     patch_size, hidden_size, num_heads = config["patch_size"], config["hidden_size"], config["num_heads"]
     if (input_shape is None) == (input_dim is None):
         raise ValueError(
-            "Give exactly one of `input_shape` (H, W, C) for images and `input_dim` (int) for vectors; "
+            "Give exactly one of `input_shape` (H, W, C) for images and `input_dim` (int) for vectors "
+            "(the official 256 px models take input_shape=(32, 32, 4) latents); "
             f"got input_shape={input_shape!r}, input_dim={input_dim!r}."
         )
     for name in ("patch_size", "hidden_size", "depth", "num_heads"):

@@ -101,13 +101,7 @@ class SiT(SamplingMixin, keras.Model):
         E.g. the official ImageNet-256 model: `SiT.from_preset("SiT-XL/2",
         input_shape=(32, 32, 4), num_classes=1000, learn_sigma=True)`.
         """
-        config = preset_config(name, **overrides)
-        if config.get("input_shape") is None and config.get("input_dim") is None:
-            raise ValueError(
-                f"`from_preset({name!r})` needs `input_shape` (or `input_dim`); the official 256 px "
-                "models use input_shape=(32, 32, 4), num_classes=1000, learn_sigma=True."
-            )
-        return cls(**config)
+        return cls(**preset_config(name, **overrides))
 
     @property
     def interpolant(self):

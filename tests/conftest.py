@@ -51,3 +51,14 @@ def fit_losses(model, *fit_args, steps, **fit_kwargs):
     """Per-step training losses of `steps` one-batch epochs."""
     history = model.fit(*fit_args, epochs=steps, verbose=0, shuffle=False, **fit_kwargs)
     return np.array(history.history["loss"])
+
+
+def tiny_autoencoder(seed=0, **overrides):
+    """A two-level KL autoencoder (16x16x3 images -> 8x8x4 latents) with random weights."""
+    config = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4)
+    config.update(overrides)
+    model = keras_sit.AutoencoderKL(**config)
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        variable.assign(rng.normal(0, 0.1, size=variable.shape).astype("float32"))
+    return model

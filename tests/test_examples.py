@@ -38,3 +38,50 @@ def test_train_then_sample(tmp_path):
         ]
     )
     assert Image.open(tmp_path / "grid.png").size[0] > Image.open(tmp_path / "grid.png").size[1]  # 2 rows of 4
+
+
+def diffusers_autoencoder(directory):
+    """A tiny Stable Diffusion style autoencoder with random weights, saved as users download one."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    blocks = dict(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    vae = AutoencoderKL(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4, **blocks)
+    vae.save_pretrained(directory)  # config.json and diffusion_pytorch_model.safetensors
+    return directory
+
+
+def test_train_latent_and_sample_official(tmp_path):
+    import numpy as np
+    import torch
+
+    import keras_sit
+
+    rng = np.random.default_rng(0)
+    for label in range(2):
+        (tmp_path / "images" / f"class_{label}").mkdir(parents=True)
+        for i in range(3):
+            picture = rng.integers(0, 256, (20, 18, 3)).astype("uint8")
+            Image.fromarray(picture).save(tmp_path / "images" / f"class_{label}" / f"{i}.png")
+    vae = str(diffusers_autoencoder(tmp_path / "vae"))
+    out = tmp_path / "latent"
+    load("train_latent").main([
+        "--data", str(tmp_path / "images"), "--vae", vae, "--image-size", "16", "--preset", "SiT-S/2",
+        "--depth", "1", "--hidden-size", "16", "--num-heads", "2", "--epochs", "2", "--batch-size", "4",
+        "--sampling-steps", "2", "--per-class", "3", "--output-dir", str(out),
+    ])  # fmt: skip
+    for name in ("latent_sit.keras", "samples.png", "loss.png", "cache/cache.json"):
+        assert (out / name).stat().st_size > 0
+    assert Image.open(out / "samples.png").size[0] > Image.open(out / "samples.png").size[1]  # 2 rows of 3
+
+    # An official-format checkpoint (random weights, the official keys and shapes) of a small SiT.
+    sit = keras_sit.SiT(input_shape=(8, 8, 4), patch_size=2, hidden_size=384, depth=1, num_heads=6, num_classes=1000,
+                        learn_sigma=True, seed=0)  # fmt: skip
+    state = {key: torch.from_numpy(value) for key, value in keras_sit.export_official_state_dict(sit).items()}
+    torch.save(state, tmp_path / "SiT-tiny.pt")
+    load("sample_official").main([
+        "--checkpoint", str(tmp_path / "SiT-tiny.pt"), "--vae", vae, "--labels", "207", "360", "387", "974",
+        "--sampler", "euler", "--steps", "2", "--output", str(tmp_path / "official.png"),
+    ])  # fmt: skip
+    assert Image.open(tmp_path / "official.png").size == (2 * 18 * 14, 2 * 18 * 14)  # 2 x 2 tiles of 16 px

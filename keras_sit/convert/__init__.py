@@ -1,9 +1,16 @@
 """Checkpoints in other libraries' formats, one importer each.
 
-`sit`: the official PyTorch SiT. `checkpoints`: reading safetensors and
+`sit`: the official PyTorch SiT. `autoencoder`: the KL autoencoder in
+the diffusers and original LDM layouts. `checkpoints`: reading safetensors and
 PyTorch pickles into NumPy without running pickled code.
 """
 
+from keras_sit.convert.autoencoder import export_autoencoder_state_dict, import_autoencoder
 from keras_sit.convert.sit import export_official_state_dict, import_official_checkpoint
 
-__all__ = ["export_official_state_dict", "import_official_checkpoint"]
+__all__ = [
+    "export_autoencoder_state_dict",
+    "export_official_state_dict",
+    "import_autoencoder",
+    "import_official_checkpoint",
+]

@@ -1,0 +1,96 @@
+"""Train a latent SiT on a folder of images, as the paper trains on ImageNet, and write a sample grid.
+
+    KERAS_BACKEND=jax python examples/train_latent.py --data DIR --vae sd-vae-ft-ema/ \\
+        --image-size 256 --preset SiT-B/2 --epochs 80 --output-dir outputs/latent
+
+`--data` is a folder with one sub-folder of images per class. `--vae` is Stable
+Diffusion's KL autoencoder as users download it: a diffusers folder
+(`config.json` and `diffusion_pytorch_model.safetensors`, e.g.
+`stabilityai/sd-vae-ft-ema`) or an original checkpoint
+(`vae-ft-ema-560000-ema-pruned.safetensors` or `.ckpt`); see
+docs/latents.md. The images are encoded once into a latent cache
+(`--cache`, resumable: run the same command again after a crash), the SiT
+trains on it, and the script writes `latent_sit.keras` (the SiT and the
+autoencoder in one file), `samples.png` (a row per class) and `loss.png`.
+"""
+
+import argparse
+import os
+
+import keras
+import numpy as np
+
+import keras_sit
+from keras_sit.convert import import_autoencoder
+from keras_sit.latents import ImageFolder, LatentDataset, write_latent_cache
+from keras_sit.visualization import plot_losses, save_image_grid
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="folder of class sub-folders of images")
+    parser.add_argument("--vae", required=True, help="diffusers folder or original .safetensors/.ckpt")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--cache", default=None, help="latent cache folder (default: OUTPUT_DIR/cache)")
+    parser.add_argument("--preset", default="SiT-B/2", choices=sorted(keras_sit.PRESETS))
+    parser.add_argument("--depth", type=int, default=None, help="override the preset's depth")
+    parser.add_argument("--hidden-size", type=int, default=None, help="override the preset's width")
+    parser.add_argument("--num-heads", type=int, default=None, help="override the preset's heads")
+    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--use-ema", action="store_true", help="keep an EMA of the weights (decay 0.9999)")
+    parser.add_argument("--sampler", default="euler", help="euler, heun, rk4, dopri5, sde-euler, sde-heun, ...")
+    parser.add_argument("--sampling-steps", type=int, default=50)
+    parser.add_argument("--cfg-scale", type=float, default=4.0)
+    parser.add_argument("--per-class", type=int, default=8, help="samples per class in the grid")
+    parser.add_argument("--max-classes", type=int, default=10, help="rows of the grid")
+    parser.add_argument("--output-dir", default="outputs/latent")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
+    os.makedirs(args.output_dir, exist_ok=True)
+    autoencoder = import_autoencoder(args.vae)
+    folder = ImageFolder(args.data, args.image_size)
+    cache = args.cache or os.path.join(args.output_dir, "cache")
+    print(f"encoding {len(folder)} images of {len(folder.class_names)} classes into {cache}")
+    write_latent_cache(folder, autoencoder, cache)
+    dataset = LatentDataset(cache, batch_size=args.batch_size, seed=args.seed)
+
+    overrides = {"depth": args.depth, "hidden_size": args.hidden_size, "num_heads": args.num_heads}
+    model = keras_sit.LatentSiT.from_preset(
+        args.preset,
+        autoencoder=autoencoder,
+        image_size=args.image_size,
+        num_classes=len(folder.class_names),
+        seed=args.seed,
+        **{key: value for key, value in overrides.items() if value is not None},
+    )
+    model.compile(optimizer=keras_sit.AdamW(args.learning_rate, weight_decay=0.0, use_ema=args.use_ema))
+    print(f"backend={keras.backend.backend()} parameters={model.backbone.count_params():,} latents={model.data_shape}")
+    history = model.fit(dataset, epochs=args.epochs)
+    model_path = os.path.join(args.output_dir, "latent_sit.keras")
+    model.save(model_path)
+
+    rows = min(len(folder.class_names), args.max_classes)
+    labels = np.repeat(np.arange(rows), args.per_class)
+    images = model.generate(
+        len(labels),
+        labels=labels,
+        num_steps=args.sampling_steps,
+        cfg_scale=args.cfg_scale,
+        sampler=args.sampler,
+        seed=args.seed,
+        decode_batch_size=args.batch_size,
+    )
+    save_image_grid(images, os.path.join(args.output_dir, "samples.png"), rows=rows, value_range=(0, 255))
+    plot_losses(history, os.path.join(args.output_dir, "loss.png"), title=f"latent SiT on {keras.backend.backend()}")
+    print(f"wrote {model_path}, samples.png (rows: {', '.join(folder.class_names[:rows])}) and loss.png")
+
+
+if __name__ == "__main__":
+    main()

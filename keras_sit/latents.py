@@ -1,0 +1,365 @@
+"""A cache of autoencoder latents on disk, written once and streamed into `fit`.
+
+Latent SiT trains on the posterior of an autoencoder (Stable Diffusion's KL
+autoencoder turns a 256x256x3 image into 32x32x4 latents). Encoding every
+image at every step would cost more than the SiT itself, so the images are
+encoded once:
+
+- `ImageFolder` reads a folder of class sub-folders and prepares each image
+  as ADM, DiT and the official SiT prepare ImageNet: a center crop to the
+  target size, downsampled with a box filter while the image is at least
+  twice the target, then resized bicubically (`center_crop`).
+- `write_latent_cache` encodes each image and its horizontal mirror and
+  stores the posterior's mean and standard deviation (already in the SiT's
+  scaled latent space), not one frozen sample, in shards with per-channel
+  statistics. Each shard is written to a temporary directory and renamed
+  into place, so a half-written shard is never read; after a crash the same
+  call resumes and skips the finished shards.
+- `LatentDataset` streams the shards (memory-mapped, never all in memory)
+  as a `keras.utils.PyDataset` for `fit`: each time an example is used it
+  draws a fresh latent from the stored posterior and one of the two flips.
+
+The cache's layout: `cache.json` (what was encoded, and the statistics once
+complete) and `shard-00000/` ... each holding `mean.npy` and `std.npy`
+(`[n, 2, h, w, c]`, flip index 1 the mirrored image), `labels.npy` (`[n]`,
+-1 when there are none) and `sums.npy` (per-channel sums for the
+statistics).
+"""
+
+import hashlib
+import json
+import os
+import shutil
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_sit.validation import check_bool, check_choice, check_positive_int
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+CACHE_FILE = "cache.json"
+FORMAT_VERSION = 1
+
+
+def center_crop(image, image_size):
+    """ADM's center crop of a `PIL.Image` to `image_size` x `image_size`, as uint8 `[H, W, 3]`.
+
+    Box-downsample by 2 while the short side is at least twice the target
+    (fast and alias-free), resize bicubically so the short side is the
+    target, then cut the center square.
+    """
+    from PIL import Image
+
+    image = image.convert("RGB")
+    while min(image.size) >= 2 * image_size:
+        image = image.resize(tuple(side // 2 for side in image.size), resample=Image.BOX)
+    scale = image_size / min(image.size)
+    image = image.resize(tuple(round(side * scale) for side in image.size), resample=Image.BICUBIC)
+    array = np.asarray(image)
+    top, left = (array.shape[0] - image_size) // 2, (array.shape[1] - image_size) // 2
+    return array[top : top + image_size, left : left + image_size]
+
+
+class ImageFolder:
+    """Images in class sub-folders (`root/<class>/<image>`), as `(uint8 [S, S, 3], label)` pairs.
+
+    Classes are the sub-folders in sorted order, labels their indices, and
+    the images of a class are taken in sorted order, so the same folder
+    always gives the same sequence. Each image is prepared by `center_crop`.
+    """
+
+    def __init__(self, root, image_size):
+        check_positive_int("image_size", image_size)
+        if not os.path.isdir(root):
+            raise ValueError(f"`root` must be a folder of class sub-folders; {root!r} is not a folder.")
+        self.root = os.fspath(root)
+        self.image_size = int(image_size)
+        self.class_names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        self.files = [
+            (os.path.join(root, name, file), label)
+            for label, name in enumerate(self.class_names)
+            for file in sorted(os.listdir(os.path.join(root, name)))
+            if file.lower().endswith(IMAGE_SUFFIXES)
+        ]
+        if not self.files:
+            raise ValueError(f"`root` {root!r} holds no images in class sub-folders ({', '.join(IMAGE_SUFFIXES)}).")
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        path, label = self.files[index]
+        with Image.open(path) as image:
+            return center_crop(image, self.image_size), label
+
+
+class ArrayImages:
+    """Images already at their size, `uint8 [N, S, S, 3]`, with optional labels `[N]`."""
+
+    def __init__(self, images, labels=None, class_names=None):
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
+            raise ValueError(f"`images` must be square RGB images [N, S, S, 3]; got shape {images.shape}.")
+        if images.dtype != np.uint8:
+            raise TypeError(f"`images` must be uint8 (0..255); got dtype {images.dtype}.")
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+                raise ValueError(f"`labels` must be {len(images)} integer class indices; got {labels.shape}.")
+        self.images, self.labels = images, labels
+        self.image_size = images.shape[1]
+        self.class_names = class_names
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.images[index], -1 if self.labels is None else int(self.labels[index])
+
+
+def write_latent_cache(source, autoencoder, directory, shard_size=1024, batch_size=32, dtype="float32", verbose=1):
+    """Encode `source` with `autoencoder` into a latent cache in `directory`; resumable.
+
+    Args:
+        source: an `ImageFolder`, an `ArrayImages`, or anything with `len`,
+            indexing that gives `(uint8 [S, S, 3] image, label)` (label -1
+            for none) and an `image_size`.
+        autoencoder: a `keras_sit.AutoencoderKL` (anything with
+            `encode_moments`, `scale_latents` and `scaling_factor`).
+        directory: where the cache goes. If it holds a finished or partial
+            cache of the same source and autoencoder, only missing shards
+            are written; a cache of something else raises.
+        shard_size: examples per shard.
+        batch_size: images per `encode_moments` call (each is encoded with
+            its mirror, so the autoencoder sees twice as many).
+        dtype: `"float32"` or `"float16"` (half the disk) for the moments.
+        verbose: 1 shows a progress bar over the examples.
+
+    Returns:
+        The cache's description (`cache.json`), statistics included.
+    """
+    check_positive_int("shard_size", shard_size)
+    check_positive_int("batch_size", batch_size)
+    check_choice("dtype", dtype, ("float32", "float16"))
+    check_choice("verbose", verbose, (0, 1, 2))
+    num_examples = len(source)
+    if num_examples == 0:
+        raise ValueError("`source` holds no images.")
+    first_image, _ = source[0]
+    plan = {
+        "format": FORMAT_VERSION,
+        "num_examples": num_examples,
+        "shard_size": int(shard_size),
+        "image_size": int(first_image.shape[0]),
+        "dtype": dtype,
+        "class_names": list(getattr(source, "class_names", None) or []),
+        "autoencoder": _autoencoder_config(autoencoder),
+        "autoencoder_weights_sha256": _fingerprint(autoencoder),
+    }
+    os.makedirs(directory, exist_ok=True)
+    existing = _read_json(directory)
+    if existing is not None:
+        if {key: existing.get(key) for key in plan} != json.loads(json.dumps(plan)):
+            raise ValueError(
+                f"`directory` {directory!r} holds a latent cache of another source, autoencoder or setting; "
+                "use a new directory (or delete it)."
+            )
+    else:
+        _write_json(directory, plan)
+    num_shards = -(-num_examples // shard_size)
+    progress = keras.utils.Progbar(num_examples, verbose=verbose, unit_name="image")
+    for shard in range(num_shards):
+        start, stop = shard * shard_size, min((shard + 1) * shard_size, num_examples)
+        if not os.path.isdir(_shard_path(directory, shard)):
+            _write_shard(source, autoencoder, directory, shard, start, stop, batch_size, dtype)
+        progress.update(stop)
+    description = {**plan, "num_shards": num_shards, "statistics": _statistics(directory, num_shards)}
+    description["latent_shape"] = list(
+        np.load(os.path.join(_shard_path(directory, 0), "mean.npy"), mmap_mode="r").shape[2:]
+    )
+    description["complete"] = True
+    _write_json(directory, description)
+    return description
+
+
+def _autoencoder_config(autoencoder):
+    config = keras.saving.serialize_keras_object(autoencoder)["config"]
+    return {key: value for key, value in config.items() if key not in ("name", "trainable")}
+
+
+def _fingerprint(autoencoder):
+    """A hash of the autoencoder's weights: a cache is only resumed with the same weights."""
+    digest = hashlib.sha256()
+    for weight in autoencoder.weights:
+        digest.update(np.ascontiguousarray(ops.convert_to_numpy(weight), "float32").tobytes())
+    return digest.hexdigest()
+
+
+def _write_shard(source, autoencoder, directory, shard, start, stop, batch_size, dtype):
+    means, stds, labels = [], [], []
+    for begin in range(start, stop, batch_size):
+        pairs = [source[i] for i in range(begin, min(begin + batch_size, stop))]
+        images = np.stack([image for image, _ in pairs]).astype("float32") / 127.5 - 1.0
+        both = np.concatenate([images, images[:, :, ::-1]], axis=0)  # the images, then their mirrors
+        mean, logvar = autoencoder.encode_moments(both)
+        mean = ops.convert_to_numpy(autoencoder.scale_latents(mean))
+        std = ops.convert_to_numpy(ops.exp(0.5 * ops.cast(logvar, "float32"))) * autoencoder.scaling_factor
+        n = len(pairs)
+        means.append(np.stack([mean[:n], mean[n:]], axis=1))
+        stds.append(np.stack([std[:n], std[n:]], axis=1))
+        labels.extend(label for _, label in pairs)
+    mean, std = np.concatenate(means).astype(dtype), np.concatenate(stds).astype(dtype)
+    # Per channel: count, sum and sum of squares of the means, and the sum of the variances.
+    values = mean.astype("float64").reshape(-1, mean.shape[-1])
+    variances = np.square(std.astype("float64")).reshape(-1, std.shape[-1])
+    sums = np.stack([np.full(values.shape[1], len(values)), values.sum(0), np.square(values).sum(0), variances.sum(0)])
+    final = _shard_path(directory, shard)
+    partial = final + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)  # left by a crash
+    os.makedirs(partial)
+    for name, array in (("mean", mean), ("std", std), ("labels", np.asarray(labels, "int32")), ("sums", sums)):
+        with open(os.path.join(partial, f"{name}.npy"), "wb") as file:
+            np.save(file, array)
+            file.flush()
+            os.fsync(file.fileno())
+    os.rename(partial, final)  # atomic: the shard appears whole or not at all
+
+
+def _statistics(directory, num_shards):
+    """Per-channel mean and standard deviation of the cached latents (samples, both flips)."""
+    sums = sum(np.load(os.path.join(_shard_path(directory, s), "sums.npy")) for s in range(num_shards))
+    count, total, squares, variances = sums
+    mean = total / count
+    # A sample's variance is the variance of the means plus the mean posterior variance.
+    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0) + variances / count)
+    return {"channel_mean": mean.tolist(), "channel_std": std.tolist()}
+
+
+def _shard_path(directory, shard):
+    return os.path.join(directory, f"shard-{shard:05d}")
+
+
+def _read_json(directory):
+    path = os.path.join(directory, CACHE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as file:
+        return json.load(file)
+
+
+def _write_json(directory, content):
+    path = os.path.join(directory, CACHE_FILE)
+    with open(path + ".partial", "w") as file:
+        json.dump(content, file, indent=1)
+    os.replace(path + ".partial", path)
+
+
+def read_cache_description(directory):
+    """The `cache.json` of a finished cache; raises if the cache is missing or unfinished."""
+    description = _read_json(directory)
+    if description is None:
+        raise ValueError(f"`directory` {directory!r} holds no latent cache ({CACHE_FILE} is missing).")
+    if not description.get("complete"):
+        raise ValueError(
+            f"The latent cache in {directory!r} is unfinished: run `write_latent_cache` again to complete it."
+        )
+    return description
+
+
+class LatentDataset(keras.utils.PyDataset):
+    """Batches of latents (and labels) from a cache written by `write_latent_cache`, for `fit`.
+
+    Every time an example is used, one of its two flips is chosen and a
+    latent is drawn from the stored posterior, `mean + std * N(0, I)`
+    (`sample=False` takes the mean). The order is a fresh permutation every
+    epoch. Draws come from a NumPy generator keyed by `(seed, epoch, batch)`,
+    so a seed gives the same batches on every backend and every run. The
+    shards are memory-mapped: only the examples of a batch are read.
+
+    Args:
+        directory: the cache.
+        batch_size: examples per batch.
+        shuffle: a fresh order every epoch (else the cache's order).
+        flip: pick one of the two flips at random (else always the
+            original image).
+        sample: draw from the posterior (else its mean).
+        seed: int, or None for a random one.
+        drop_remainder: drop the last, smaller batch (needed by a
+            multi-device `keras.distribution`, which splits batches evenly).
+        **kwargs: `keras.utils.PyDataset`'s (`workers`, ...).
+
+    Yields `(latents, labels)` for a cache with labels, else `latents`.
+    """
+
+    def __init__(
+        self, directory, batch_size=64, shuffle=True, flip=True, sample=True, seed=None, drop_remainder=False, **kwargs
+    ):
+        super().__init__(**kwargs)
+        check_positive_int("batch_size", batch_size)
+        for name, value in (
+            ("shuffle", shuffle),
+            ("flip", flip),
+            ("sample", sample),
+            ("drop_remainder", drop_remainder),
+        ):
+            check_bool(name, value)
+        self.description = read_cache_description(directory)
+        self.directory = directory
+        self.batch_size, self.shuffle, self.flip, self.sample = int(batch_size), shuffle, flip, sample
+        self.drop_remainder = drop_remainder
+        self.seed = int(np.random.default_rng().integers(2**31 - 1)) if seed is None else int(seed)
+        shards = [_shard_path(directory, s) for s in range(self.description["num_shards"])]
+        self._means = [np.load(os.path.join(s, "mean.npy"), mmap_mode="r") for s in shards]
+        self._stds = [np.load(os.path.join(s, "std.npy"), mmap_mode="r") for s in shards]
+        labels = np.concatenate([np.load(os.path.join(s, "labels.npy")) for s in shards])
+        self.labels = None if np.all(labels < 0) else labels
+        self.shard_size = self.description["shard_size"]
+        self.epoch = 0
+        self._order = self._permutation()
+
+    @property
+    def num_examples(self):
+        return self.description["num_examples"]
+
+    @property
+    def latent_shape(self):
+        return tuple(self.description["latent_shape"])
+
+    @property
+    def num_classes(self):
+        names = self.description.get("class_names")
+        if names:
+            return len(names)
+        return None if self.labels is None else int(self.labels.max()) + 1
+
+    def __len__(self):
+        full, rest = divmod(self.num_examples, self.batch_size)
+        return full if self.drop_remainder or rest == 0 else full + 1
+
+    def _permutation(self):
+        if not self.shuffle:
+            return np.arange(self.num_examples)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.num_examples)
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._order = self._permutation()
+
+    def __getitem__(self, index):
+        indices = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        flips = rng.integers(0, 2, len(indices)) if self.flip else np.zeros(len(indices), "int64")
+        means = np.empty((len(indices), *self.latent_shape), "float32")
+        stds = np.empty_like(means) if self.sample else None
+        for row, (example, flip) in enumerate(zip(indices, flips)):
+            shard, offset = divmod(int(example), self.shard_size)
+            means[row] = self._means[shard][offset, flip]
+            if self.sample:
+                stds[row] = self._stds[shard][offset, flip]
+        latents = means + stds * rng.standard_normal(means.shape, dtype="float32") if self.sample else means
+        if self.labels is None:
+            return latents
+        return latents, self.labels[indices].astype("int32")

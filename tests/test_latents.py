@@ -1,0 +1,223 @@
+"""The latent cache: ADM's crop, both flips' posterior moments in atomic shards, resuming, streaming."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_sit import latents
+from keras_sit.latents import ArrayImages, ImageFolder, LatentDataset, center_crop, write_latent_cache
+from tests.conftest import tiny_autoencoder, to_numpy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def autoencoder():
+    return tiny_autoencoder(seed=0)
+
+
+@pytest.fixture
+def images():
+    return np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3)).astype("uint8")
+
+
+def shard_arrays(directory):
+    """Every array of every shard, by file name."""
+    names = sorted(n for n in os.listdir(directory) if n.startswith("shard-"))
+    files = [(n, f) for n in names for f in sorted(os.listdir(os.path.join(directory, n)))]
+    return {f"{n}/{f}": np.load(os.path.join(directory, n, f)) for n, f in files}
+
+
+# --- preparing images ------------------------------------------------------------------------
+
+
+def test_center_crop_keeps_the_middle_at_scale_one():
+    columns = np.tile(np.arange(100, dtype="uint8")[None, :, None], (60, 1, 3))  # value = column index
+    out = center_crop(Image.fromarray(columns), 60)  # short side already 60: no resize, crop 20 each side
+    assert out.shape == (60, 60, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[0, :, 0], np.arange(20, 80))
+
+
+def test_center_crop_downsamples_large_images_and_upsamples_small_ones():
+    flat = Image.fromarray(np.full((300, 520, 3), 77, "uint8"))  # box halvings to 75x130, then bicubic
+    np.testing.assert_array_equal(center_crop(flat, 32), np.full((32, 32, 3), 77, "uint8"))
+    small = center_crop(Image.fromarray(np.full((10, 12, 3), 200, "uint8")), 32)
+    assert small.shape == (32, 32, 3) and np.all(small == 200)
+    gray = center_crop(Image.fromarray(np.full((40, 40), 9, "uint8"), mode="L"), 16)  # converted to RGB
+    assert gray.shape == (16, 16, 3)
+
+
+def test_image_folder_orders_classes_and_files(tmp_path):
+    for name, value in (("zebra", 10), ("ant", 200)):
+        os.makedirs(tmp_path / name)
+        for i in range(2):
+            Image.fromarray(np.full((20, 24, 3), value + i, "uint8")).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "ant" / "notes.txt").write_text("not an image")
+    folder = ImageFolder(tmp_path, 16)
+    assert folder.class_names == ["ant", "zebra"] and len(folder) == 4
+    image, label = folder[3]
+    assert image.shape == (16, 16, 3) and label == 1 and np.all(image == 11)
+    with pytest.raises(ValueError, match="no images"):
+        ImageFolder(tmp_path / "ant", 16)
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def test_cache_holds_both_flips_moments_and_statistics(tmp_path, autoencoder, images):
+    labels = np.array([0, 1, 2, 1, 0])
+    description = write_latent_cache(
+        ArrayImages(images, labels), autoencoder, tmp_path, shard_size=2, batch_size=3, verbose=0
+    )
+    assert description["complete"] and description["num_shards"] == 3 and description["latent_shape"] == [8, 8, 4]
+    mean = np.concatenate([np.load(tmp_path / f"shard-0000{s}" / "mean.npy") for s in range(3)])
+    std = np.concatenate([np.load(tmp_path / f"shard-0000{s}" / "std.npy") for s in range(3)])
+    assert mean.shape == (5, 2, 8, 8, 4)
+    x = images.astype("float32") / 127.5 - 1.0
+    for flip, view in enumerate((x, x[:, :, ::-1])):
+        raw_mean, logvar = autoencoder.encode_moments(view)
+        np.testing.assert_allclose(mean[:, flip], to_numpy(autoencoder.scale_latents(raw_mean)), rtol=1e-5, atol=1e-5)
+        expected_std = np.exp(0.5 * to_numpy(logvar)) * autoencoder.scaling_factor
+        np.testing.assert_allclose(std[:, flip], expected_std, rtol=1e-5, atol=1e-7)
+    stored = np.concatenate([np.load(tmp_path / f"shard-0000{s}" / "labels.npy") for s in range(3)])
+    np.testing.assert_array_equal(stored, labels)
+    per_channel = mean.reshape(-1, 4).astype("float64")
+    np.testing.assert_allclose(description["statistics"]["channel_mean"], per_channel.mean(0), rtol=1e-6, atol=1e-9)
+    sample_var = per_channel.var(0) + np.square(std.reshape(-1, 4).astype("float64")).mean(0)
+    np.testing.assert_allclose(description["statistics"]["channel_std"], np.sqrt(sample_var), rtol=1e-6)
+    assert json.loads((tmp_path / "cache.json").read_text()) == description
+
+
+def test_a_cache_of_something_else_is_refused(tmp_path, autoencoder, images):
+    write_latent_cache(ArrayImages(images), autoencoder, tmp_path, shard_size=4, verbose=0)
+    with pytest.raises(ValueError, match="another source, autoencoder or setting"):
+        write_latent_cache(ArrayImages(images), autoencoder, tmp_path, shard_size=2, verbose=0)
+    with pytest.raises(ValueError, match="another source, autoencoder or setting"):
+        write_latent_cache(ArrayImages(images), tiny_autoencoder(seed=1), tmp_path, shard_size=4, verbose=0)
+
+
+WRITER = """
+import sys, time
+import keras, numpy as np
+import keras_sit
+from keras_sit.latents import ArrayImages, write_latent_cache
+
+class Slow(ArrayImages):
+    def __getitem__(self, index):
+        time.sleep(0.3)
+        return super().__getitem__(index)
+
+autoencoder = keras.saving.load_model(sys.argv[1])
+write_latent_cache(Slow(np.load(sys.argv[2]), np.arange(7) % 3), autoencoder, sys.argv[3], shard_size=2,
+                   batch_size=1, verbose=0)
+"""
+
+
+def test_killed_writer_resumes_to_the_same_cache(tmp_path, autoencoder):
+    images = np.random.default_rng(1).integers(0, 256, (7, 16, 16, 3)).astype("uint8")
+    autoencoder.save(tmp_path / "vae.keras")
+    np.save(tmp_path / "images.npy", images)
+    resumed = tmp_path / "resumed"
+    process = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path / "vae.keras"), str(tmp_path / "images.npy"), str(resumed)],
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    deadline = time.time() + 300
+    while not (resumed / "shard-00001").exists():  # two shards done, two to go
+        assert process.poll() is None and time.time() < deadline, "the writer ended before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (resumed / "shard-00003").exists()
+    assert not json.loads((resumed / "cache.json").read_text()).get("complete")
+    with pytest.raises(ValueError, match="unfinished"):
+        LatentDataset(resumed)
+    resumed_description = write_latent_cache(
+        ArrayImages(images, np.arange(7) % 3), autoencoder, resumed, shard_size=2, batch_size=1, verbose=0
+    )
+    fresh = tmp_path / "fresh"
+    fresh_description = write_latent_cache(
+        ArrayImages(images, np.arange(7) % 3), autoencoder, fresh, shard_size=2, batch_size=1, verbose=0
+    )
+    assert resumed_description == fresh_description
+    resumed_arrays, fresh_arrays = shard_arrays(resumed), shard_arrays(fresh)
+    assert sorted(resumed_arrays) == sorted(fresh_arrays) and len(fresh_arrays) == 16
+    for name, array in fresh_arrays.items():
+        np.testing.assert_array_equal(resumed_arrays[name], array, err_msg=name)
+    assert not [n for n in os.listdir(resumed) if n.endswith(".partial")]
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cache(tmp_path, autoencoder, images):
+    write_latent_cache(ArrayImages(images, np.array([0, 1, 2, 1, 0])), autoencoder, tmp_path, shard_size=2, verbose=0)
+    return tmp_path
+
+
+def test_dataset_in_order_gives_the_means(cache):
+    means = np.concatenate([np.load(cache / f"shard-0000{s}" / "mean.npy") for s in range(3)])
+    dataset = LatentDataset(cache, batch_size=2, shuffle=False, flip=False, sample=False)
+    assert len(dataset) == 3 and dataset.num_classes == 3 and dataset.latent_shape == (8, 8, 4)
+    assert isinstance(dataset._means[0], np.memmap)  # read from disk, batch by batch
+    batches = [dataset[i] for i in range(len(dataset))]
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in batches]), means[:, 0])
+    np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), [0, 1, 2, 1, 0])
+    assert len(LatentDataset(cache, batch_size=2, drop_remainder=True)) == 2
+
+
+def test_dataset_draws_fresh_latents_and_flips_every_epoch(cache):
+    mean = np.load(cache / "shard-00000" / "mean.npy")[0]
+    std = np.load(cache / "shard-00000" / "std.npy")[0]
+    dataset = LatentDataset(cache, batch_size=1, shuffle=False, seed=3)
+    draws, flips = [], []
+    for _ in range(400):
+        latent = dataset[0][0][0]
+        flip = int(np.abs(latent - mean[1]).sum() < np.abs(latent - mean[0]).sum())
+        flips.append(flip)
+        draws.append((latent - mean[flip]) / std[flip])
+        dataset.on_epoch_end()
+    assert 150 < sum(flips) < 250  # both flips, about half each
+    noise = np.stack(draws)  # standard normal if latents are mean + std * eps
+    assert abs(noise.mean()) < 0.02 and abs(noise.std() - 1.0) < 0.02
+    again = LatentDataset(cache, batch_size=1, shuffle=False, seed=3)
+    np.testing.assert_array_equal(again[0][0], LatentDataset(cache, batch_size=1, shuffle=False, seed=3)[0][0])
+    shuffled = LatentDataset(cache, batch_size=5, seed=0)
+    first = shuffled[0][1]
+    shuffled.on_epoch_end()
+    assert sorted(first) == sorted(shuffled[0][1]) == [0, 0, 1, 1, 2]
+
+
+def test_unlabelled_cache_yields_latents_only(tmp_path, autoencoder, images):
+    write_latent_cache(ArrayImages(images), autoencoder, tmp_path, verbose=0)
+    batch = LatentDataset(tmp_path, batch_size=4)[0]
+    assert isinstance(batch, np.ndarray) and batch.shape == (4, 8, 8, 4)
+
+
+def test_bad_arguments(tmp_path, autoencoder, images):
+    with pytest.raises(ValueError, match="holds no latent cache"):
+        LatentDataset(tmp_path)
+    with pytest.raises(TypeError, match="`images` must be uint8"):
+        ArrayImages(images.astype("float32"))
+    with pytest.raises(ValueError, match="`images` must be square RGB"):
+        ArrayImages(images[..., :1])
+    with pytest.raises(ValueError, match="`dtype` must be one of"):
+        write_latent_cache(ArrayImages(images), autoencoder, tmp_path, dtype="int8")
+    with pytest.raises(ValueError, match="`shard_size` must be a positive int"):
+        write_latent_cache(ArrayImages(images), autoencoder, tmp_path, shard_size=0)
+
+
+def test_float16_cache_halves_the_moments(tmp_path, autoencoder, images):
+    write_latent_cache(ArrayImages(images), autoencoder, tmp_path, dtype="float16", verbose=0)
+    assert np.load(tmp_path / "shard-00000" / "mean.npy").dtype == np.float16
+    assert LatentDataset(tmp_path, batch_size=2)[0].dtype == np.float32
+    assert latents.read_cache_description(tmp_path)["dtype"] == "float16"

@@ -1,0 +1,86 @@
+"""LatentSiT end to end: a folder of images -> latent cache -> fit -> generate -> PNG, saved as one file."""
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import keras_sit
+from keras_sit.latents import ImageFolder, LatentDataset, write_latent_cache
+from keras_sit.visualization import save_image_grid
+from tests.conftest import tiny_autoencoder
+
+SIT = dict(patch_size=2, hidden_size=16, depth=1, num_heads=2, seed=0)
+
+
+def image_folder(root, rng):
+    """Two classes of 20x24 pictures: dark ones with a bright square, bright ones with a dark square."""
+    for label, (background, square) in enumerate(((30, 220), (220, 30))):
+        (root / f"class_{label}").mkdir(parents=True)
+        for i in range(4):
+            picture = np.full((20, 24, 3), background, "uint8")
+            top, left = rng.integers(2, 10, 2)
+            picture[top : top + 6, left : left + 6] = square
+            Image.fromarray(picture).save(root / f"class_{label}" / f"{i}.png")
+    return root
+
+
+def test_folder_to_cache_to_fit_to_png_and_one_file_round_trip(tmp_path, rng):
+    folder = ImageFolder(image_folder(tmp_path / "images", rng), image_size=16)
+    autoencoder = tiny_autoencoder()
+    write_latent_cache(folder, autoencoder, tmp_path / "cache", shard_size=3, verbose=0)
+    dataset = LatentDataset(tmp_path / "cache", batch_size=4, seed=0)
+    model = keras_sit.LatentSiT(autoencoder=autoencoder, image_size=16, num_classes=dataset.num_classes, **SIT)
+    assert model.data_shape == (8, 8, 4) and model.image_size == 16
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    losses = model.fit(dataset, epochs=2, verbose=0).history["loss"]
+    assert len(losses) == 2 and np.all(np.isfinite(losses))
+    # The autoencoder is frozen: training moved the SiT only.
+    assert all(not w.trainable for w in model.autoencoder.weights)
+    assert len(model.trainable_weights) == len(model.backbone.trainable_weights)
+
+    images = model.generate(4, labels=[0, 1, 0, 1], num_steps=3, seed=0)
+    assert images.shape == (4, 16, 16, 3) and images.dtype == np.uint8
+    save_image_grid(images, tmp_path / "samples.png", rows=2, value_range=(0, 255))
+    assert Image.open(tmp_path / "samples.png").size == (2 * 18 * 14, 2 * 18 * 14)  # scaled to >= 512 px
+
+    model.save(tmp_path / "latent_sit.keras")
+    loaded = keras.saving.load_model(tmp_path / "latent_sit.keras", safe_mode=True)
+    assert isinstance(loaded, keras_sit.LatentSiT) and loaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(loaded.generate(4, labels=[0, 1, 0, 1], num_steps=3, seed=0), images)
+    # Training resumes from the saved optimizer state.
+    assert int(keras.ops.convert_to_numpy(loaded.optimizer.iterations)) == 2 * len(dataset)
+
+
+def test_generate_decodes_what_the_sit_samples(rng):
+    autoencoder = tiny_autoencoder()
+    sit = keras_sit.SiT(input_shape=(8, 8, 4), num_classes=3, **SIT)
+    for variable in sit.backbone.trainable_weights:
+        variable.assign(rng.normal(0, 0.2, size=variable.shape).astype("float32"))
+    model = keras_sit.LatentSiT.from_sit(sit, autoencoder)
+    options = dict(labels=[0, 2], num_steps=2, cfg_scale=2.0, sampler="heun", seed=5)
+    latents = sit.generate(2, **options)
+    expected = np.clip(keras.ops.convert_to_numpy(autoencoder.decode(latents)), -1.0, 1.0)
+    floats = model.generate(2, output="float", **options)
+    np.testing.assert_allclose(floats, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(model.generate(2, **options), np.round((expected + 1.0) * 127.5).astype("uint8"))
+    chunked, trajectory = model.generate(2, output="float", decode_batch_size=1, return_trajectory=True, **options)
+    np.testing.assert_allclose(chunked, floats, rtol=1e-5, atol=1e-5)
+    assert trajectory.shape == (3, 2, 8, 8, 4)  # in latent space
+    sde = model.generate(2, sampler="sde-euler", num_steps=2, labels=1, guidance_channels=3, cfg_scale=3.0)
+    assert sde.shape == (2, 16, 16, 3)
+
+
+def test_bad_arguments():
+    autoencoder = tiny_autoencoder()
+    with pytest.raises(ValueError, match="`image_size` \\(17\\) must be divisible"):
+        keras_sit.LatentSiT(autoencoder=autoencoder, image_size=17, **SIT)
+    with pytest.raises(ValueError, match="latent channels"):
+        keras_sit.LatentSiT(autoencoder=autoencoder, input_shape=(8, 8, 3), **SIT)
+    with pytest.raises(ValueError, match="needs `image_size`"):
+        keras_sit.LatentSiT(autoencoder=autoencoder, **SIT)
+    with pytest.raises(TypeError, match="`autoencoder` must be"):
+        keras_sit.LatentSiT(autoencoder="sd-vae", image_size=16, **SIT)
+    model = keras_sit.LatentSiT(autoencoder=autoencoder, image_size=16, **SIT)
+    with pytest.raises(ValueError, match="`output` must be one of"):
+        model.generate(1, output="png", num_steps=1)
