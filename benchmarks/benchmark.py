@@ -5,6 +5,7 @@
     python -m benchmarks.benchmark --preset SiT-XL/2 --batch-size 64 --precision bfloat16
     python -m benchmarks.benchmark --mode alternate --preset SiT-S/8 --rounds 10
     python -m benchmarks.benchmark --mode kernel-floor --repeats 10
+    python -m benchmarks.benchmark --mode autoencoder --backends jax,tensorflow,torch --image-size 256
 
 Run from the repository root. `--mode benchmark` (the default) reports,
 after warm-up: training images/s (compile time apart), sampling images/s for
@@ -21,6 +22,8 @@ The other modes are the PyTorch comparisons, on Keras' torch backend:
 each in turn in one process (`benchmarks/alternate.py`), and
 `--mode kernel-floor` times only the kernels an eager PyTorch step cannot
 avoid, the most such a step could reach (`benchmarks/kernel_floor.py`).
+`--mode autoencoder` times encoding into a latent cache and decoding samples
+with the Stable Diffusion autoencoder (`benchmarks/autoencoder.py`).
 
 A benchmark, not a test: run it on a quiet machine.
 """
@@ -43,18 +46,22 @@ from benchmarks.common import JIT_COMPILE, MatmulPeak, device_name, parse_shape,
 # The per-backend subprocesses run `python -m benchmarks.benchmark` from here.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-MODES = ("benchmark", "alternate", "kernel-floor")
+MODES = ("benchmark", "alternate", "kernel-floor", "autoencoder")
 
 # The modes that read each option; giving one to another mode is an error rather than silently ignored.
 OPTION_MODES = {
-    "preset": MODES,
-    "input_shape": MODES,
+    "preset": ("benchmark", "alternate", "kernel-floor"),
+    "input_shape": ("benchmark", "alternate", "kernel-floor"),
     "batch_size": MODES,
+    "backends": ("benchmark", "autoencoder"),
+    "precision": ("benchmark", "autoencoder"),
+    "json": ("benchmark", "autoencoder"),
+    "image_size": ("autoencoder",),
     "num_classes": ("benchmark", "alternate"),
     "jit_compile": ("benchmark", "alternate"),
     "peak_size": ("benchmark", "kernel-floor"),
     "rounds": ("alternate",),
-    "repeats": ("kernel-floor",),
+    "repeats": ("kernel-floor", "autoencoder"),
 }  # every other option: "benchmark" only
 
 
@@ -128,8 +135,11 @@ def build_parser():
     parser.add_argument_group("--mode alternate").add_argument(
         "--rounds", type=int, default=8, help="rounds of one timed step of each network"
     )
-    parser.add_argument_group("--mode kernel-floor").add_argument(
-        "--repeats", type=int, default=5, help="timings of each kernel (the median counts)"
+    parser.add_argument_group("--mode kernel-floor and --mode autoencoder").add_argument(
+        "--repeats", type=int, default=5, help="timings of each kernel or call (the median counts)"
+    )
+    parser.add_argument_group("--mode autoencoder").add_argument(
+        "--image-size", type=int, default=256, help="side of the images encoded and decoded"
     )
     return parser
 
@@ -461,11 +471,11 @@ COLUMNS = [
 ]
 
 
-def table(results):
-    rows = [[header for _, header, _ in COLUMNS]]
+def table(results, columns=COLUMNS):
+    rows = [[header for _, header, _ in columns]]
     for result in results:
-        rows.append([fmt.format(result[key]) if result.get(key) is not None else "-" for key, _, fmt in COLUMNS])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+        rows.append([fmt.format(result[key]) if result.get(key) is not None else "-" for key, _, fmt in columns])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in rows)
 
 
@@ -505,6 +515,21 @@ def main(argv=None):
 
         kernel_floor.run(args.preset, parse_shape(args.input_shape), args.batch_size, args.repeats, args.peak_size)
         return
+    if args.mode == "autoencoder":
+        from benchmarks import autoencoder
+
+        if args.backends:
+            results = run_backends(args)
+        else:
+            results = [autoencoder.run(args.image_size, args.batch_size, args.repeats, args.precision)]
+        first = results[0]
+        print(
+            f"\n{first['device']}: the {first['config']} autoencoder ({first['parameters']:,} parameters), "
+            f"{first['image_size']}x{first['image_size']} images, batch {first['batch_size']}, {first['precision']}"
+        )
+        print(table(results, autoencoder.COLUMNS))
+        _write_json(args, results)
+        return
     results = run_backends(args) if args.backends else [benchmark(args)]
     first = results[0]
     print(
@@ -513,6 +538,10 @@ def main(argv=None):
         f"{first['forward_gflop_per_image']:.2f} GFLOP/image forward"
     )
     print(table(results))
+    _write_json(args, results)
+
+
+def _write_json(args, results):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results if args.backends else results[0], f, indent=2)

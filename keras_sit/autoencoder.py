@@ -27,6 +27,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_sit import backend
 from keras_sit.validation import check_bool, check_choice, check_number, check_positive_int, check_seed
 
 NORM_EPSILON = 1e-6  # diffusers' and LDM's value; Keras' default is 1e-3
@@ -545,20 +546,20 @@ def _check_batch(x, channels, factor, name, kind):
 def _in_chunks(function, x, batch_size):
     """`function(x)`, or with `batch_size`, the concatenation of `function` over batches of that size.
 
-    The chunks' results are cut from the autodiff graph (`stop_gradient`), so
-    that each chunk's activations can be freed (PyTorch would keep them all).
+    Inference: on PyTorch no autograd graph is recorded (`backend.no_grad`),
+    so memory is bounded by one chunk's activations. Call the model itself
+    (`call`, or `encoder`/`decoder`) to differentiate.
     """
-    if batch_size is None:
-        return function(x)
-    check_positive_int("batch_size", batch_size)
-    total = x.shape[0]
-    if total is None:
-        raise ValueError("`batch_size` needs inputs with a known batch size.")
-    parts = [
-        keras.tree.map_structure(ops.stop_gradient, function(x[start : start + batch_size]))
-        for start in range(0, total, batch_size)
-    ]
-    return keras.tree.map_structure(lambda *chunks: ops.concatenate(chunks, axis=0), *parts)
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
+    with backend.no_grad():
+        if batch_size is None:
+            return function(x)
+        total = x.shape[0]
+        if total is None:
+            raise ValueError("`batch_size` needs inputs with a known batch size.")
+        parts = [function(x[start : start + batch_size]) for start in range(0, total, batch_size)]
+        return keras.tree.map_structure(lambda *chunks: ops.concatenate(chunks, axis=0), *parts)
 
 
 @keras.saving.register_keras_serializable(package="keras_sit")

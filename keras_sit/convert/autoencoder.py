@@ -58,7 +58,7 @@ _ARCHITECTURE = (
 )
 _SETTINGS = keyword_defaults(AutoencoderKL.__init__, exclude=("seed", "dtype"))
 # diffusers config.json entries with no bearing on the weights or on the latent scaling.
-_DIFFUSERS_METADATA = ("_class_name", "_diffusers_version", "_name_or_path", "sample_size", "force_upcast")
+_DIFFUSERS_METADATA = ("sample_size", "force_upcast")
 
 
 def _parameters(model):
@@ -273,7 +273,7 @@ def _from_diffusers_config(config, source):
             )
     known = set(_SETTINGS) | set(_DIFFUSERS_METADATA) | {"act_fn", "down_block_types", "up_block_types"}
     known |= {"latents_mean", "latents_std"}
-    unknown = sorted(set(config) - known)
+    unknown = sorted(key for key in set(config) - known if not key.startswith("_"))  # "_...": diffusers' metadata
     if unknown:
         raise ValueError(f"{source} has settings AutoencoderKL does not know: {unknown}.")
     arguments = {name: config[name] for name in _SETTINGS if name in config}
