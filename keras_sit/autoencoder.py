@@ -9,7 +9,7 @@ keras-hub pulls in `tensorflow-text`.
 
 The network is diffusers' `AutoencoderKL`, channels-last, one short class per
 block: `ResnetBlock`, `Downsample`, `Upsample`, `MidAttention`, and the
-`DownBlock`/`MidBlock`/`UpBlock` that group them into the `Encoder` and
+`ResolutionBlock`/`MidBlock` that group them into the `Encoder` and
 `Decoder`. Layer names follow diffusers' module names, which keeps the
 checkpoint mapping (`keras_sit.convert.autoencoder`) one line per weight.
 Only Keras layers and `keras.ops` are used, so it runs on JAX, TensorFlow
@@ -239,41 +239,42 @@ class MidAttention(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_sit")
-class DownBlock(keras.layers.Layer):
-    """`num_layers` resnets, then a `Downsample` unless `add_downsample=False` (the last level)."""
+class ResolutionBlock(keras.layers.Layer):
+    """`num_layers` resnets at one resolution, then a `Downsample` (`resample="down"`), an
+    `Upsample` (`"up"`) or nothing (the last level): diffusers' `DownEncoderBlock2D` and
+    `UpDecoderBlock2D`."""
 
-    def __init__(self, in_channels, out_channels, num_layers, groups=32, add_downsample=True, **kwargs):
+    def __init__(self, in_channels, out_channels, num_layers, groups=32, resample=None, **kwargs):
         super().__init__(**kwargs)
+        check_choice("resample", resample, (None, "down", "up"))
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.num_layers = num_layers
         self.groups = groups
-        self.add_downsample = add_downsample
+        self.resample = resample
         self.resnets = [
-            ResnetBlock(
-                in_channels if j == 0 else out_channels,
-                out_channels,
-                groups,
-                dtype=self.dtype_policy,
-                name=f"resnets_{j}",
-            )
+            ResnetBlock(in_channels if j == 0 else out_channels, out_channels, groups, dtype=self.dtype_policy,
+                        name=f"resnets_{j}")
             for j in range(num_layers)
-        ]
+        ]  # fmt: skip
         self.downsample = (
-            Downsample(out_channels, dtype=self.dtype_policy, name="downsample") if add_downsample else None
+            Downsample(out_channels, dtype=self.dtype_policy, name="downsample") if resample == "down" else None
         )
+        self.upsample = Upsample(out_channels, dtype=self.dtype_policy, name="upsample") if resample == "up" else None
 
     def build(self, input_shape):
         for resnet in self.resnets:
             resnet.build(input_shape)
             input_shape = resnet.compute_output_shape(input_shape)
-        if self.downsample is not None:
-            self.downsample.build(input_shape)
+        for layer in (self.downsample, self.upsample):
+            if layer is not None:
+                layer.build(input_shape)
 
     def call(self, x):
-        for resnet in self.resnets:
-            x = resnet(x)
-        return x if self.downsample is None else self.downsample(x)
+        for layer in (*self.resnets, self.downsample, self.upsample):
+            if layer is not None:
+                x = layer(x)
+        return x
 
     def get_config(self):
         return {
@@ -282,53 +283,7 @@ class DownBlock(keras.layers.Layer):
             "out_channels": self.out_channels,
             "num_layers": self.num_layers,
             "groups": self.groups,
-            "add_downsample": self.add_downsample,
-        }
-
-
-@keras.saving.register_keras_serializable(package="keras_sit")
-class UpBlock(keras.layers.Layer):
-    """`num_layers` resnets, then an `Upsample` unless `add_upsample=False` (the last level)."""
-
-    def __init__(self, in_channels, out_channels, num_layers, groups=32, add_upsample=True, **kwargs):
-        super().__init__(**kwargs)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.num_layers = num_layers
-        self.groups = groups
-        self.add_upsample = add_upsample
-        self.resnets = [
-            ResnetBlock(
-                in_channels if j == 0 else out_channels,
-                out_channels,
-                groups,
-                dtype=self.dtype_policy,
-                name=f"resnets_{j}",
-            )
-            for j in range(num_layers)
-        ]
-        self.upsample = Upsample(out_channels, dtype=self.dtype_policy, name="upsample") if add_upsample else None
-
-    def build(self, input_shape):
-        for resnet in self.resnets:
-            resnet.build(input_shape)
-            input_shape = resnet.compute_output_shape(input_shape)
-        if self.upsample is not None:
-            self.upsample.build(input_shape)
-
-    def call(self, x):
-        for resnet in self.resnets:
-            x = resnet(x)
-        return x if self.upsample is None else self.upsample(x)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "num_layers": self.num_layers,
-            "groups": self.groups,
-            "add_upsample": self.add_upsample,
+            "resample": self.resample,
         }
 
 
@@ -372,7 +327,7 @@ class MidBlock(keras.layers.Layer):
 class Encoder(keras.layers.Layer):
     """Images `[B, H, W, in_channels]` to `[B, H/f, W/f, 2 * latent_channels]` (mean and log-variance).
 
-    conv_in, one `DownBlock` per entry of `block_out_channels` (a downsample on
+    conv_in, one `ResolutionBlock` per entry of `block_out_channels` (a downsample on
     all but the last), the `MidBlock`, then GroupNorm, SiLU and conv_out.
     `f = 2 ** (len(block_out_channels) - 1)`.
     """
@@ -397,12 +352,12 @@ class Encoder(keras.layers.Layer):
         dtype, channels, levels = self.dtype_policy, self.block_out_channels, len(self.block_out_channels)
         self.conv_in = _conv(channels[0], 3, dtype, "conv_in")
         self.down_blocks = [
-            DownBlock(
+            ResolutionBlock(
                 channels[max(i - 1, 0)],
                 channels[i],
                 layers_per_block,
                 groups,
-                add_downsample=i < levels - 1,
+                resample="down" if i < levels - 1 else None,
                 dtype=dtype,
                 name=f"down_blocks_{i}",
             )
@@ -446,7 +401,7 @@ class Encoder(keras.layers.Layer):
 class Decoder(keras.layers.Layer):
     """Raw latents `[B, h, w, latent_channels]` to images `[B, h*f, w*f, out_channels]`.
 
-    conv_in to the widest channels, the `MidBlock`, one `UpBlock` of
+    conv_in to the widest channels, the `MidBlock`, one `ResolutionBlock` of
     `layers_per_block + 1` resnets per level in reversed channel order (an
     upsample on all but the last), then GroupNorm, SiLU and conv_out.
     """
@@ -473,12 +428,12 @@ class Decoder(keras.layers.Layer):
         self.conv_in = _conv(channels[0], 3, dtype, "conv_in")
         self.mid_block = MidBlock(channels[0], groups, mid_block_add_attention, dtype=dtype, name="mid_block")
         self.up_blocks = [
-            UpBlock(
+            ResolutionBlock(
                 channels[max(i - 1, 0)],
                 channels[i],
                 layers_per_block + 1,
                 groups,
-                add_upsample=i < levels - 1,
+                resample="up" if i < levels - 1 else None,
                 dtype=dtype,
                 name=f"up_blocks_{i}",
             )
