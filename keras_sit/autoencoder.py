@@ -620,6 +620,12 @@ class AutoencoderKL(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.build((None, None, None, in_channels))
         self.initialize_weights(seed)
+        if not self.trainable:
+            # `trainable=False` reached `Layer.__init__` before the sublayers existed; freeze them too
+            # (re-assigning False to the model itself is skipped on TensorFlow, so name them).
+            for layer in (self.encoder, self.decoder, self.quant_conv, self.post_quant_conv):
+                if layer is not None:
+                    layer.trainable = False
 
     @classmethod
     def from_config_name(cls, name, **overrides):

@@ -166,3 +166,10 @@ def test_bad_inputs_and_arguments():
         AutoencoderKL(block_out_channels=())
     with pytest.raises(TypeError, match="use_quant_conv"):
         AutoencoderKL(**TINY, use_quant_conv=1)
+
+
+def test_a_frozen_autoencoder_has_no_trainable_weights_after_a_round_trip():
+    model = AutoencoderKL(**TINY, trainable=False)
+    assert model.trainable_weights == [] and len(model.non_trainable_weights) == len(model.weights)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    assert restored.trainable_weights == [] and not restored.encoder.trainable

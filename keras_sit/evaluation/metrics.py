@@ -1,0 +1,411 @@
+"""Sample-quality metrics on feature vectors, in NumPy: FID, KID, IS, precision and recall.
+
+The definitions are those of ADM's evaluator (openai/guided-diffusion,
+`evaluations/evaluator.py`), which the diffusion literature (ADM, DiT, SiT)
+reports, and of pytorch-fid and torch-fidelity where ADM has no counterpart
+(KID). The features are typically InceptionV3's 2048-d pool features (FID,
+KID, precision/recall) and its logits (IS). Everything that accumulates or
+decomposes is done in float64: FID on 2048-d covariances loses digits in
+float32.
+"""
+
+import numpy as np
+
+from keras_sit.validation import check_bool, check_data, check_positive_int, check_seed
+
+# --- input checks --------------------------------------------------------------------------
+
+
+def _as_float64(name, value):
+    """`value` as a float64 array; a TypeError naming `name` if it is not real numbers."""
+    array = np.asarray(value)
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise TypeError(f"`{name}` must be an array of real numbers; got dtype {array.dtype}.")
+    return array.astype(np.float64)
+
+
+def _check_finite(name, array):
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"`{name}` must be finite; it holds {int(np.sum(~np.isfinite(array)))} NaN or inf values.")
+
+
+def _features(name, value, dim=None, min_rows=1):
+    """`value` as float64 features `[N, dim]` with `N >= min_rows`, finite."""
+    array = _as_float64(name, value)
+    if array.ndim != 2:
+        raise ValueError(f"`{name}` must be features of shape (num_samples, dim); got shape {array.shape}.")
+    if dim is not None:
+        check_data(array, (dim,), name)
+    if array.shape[0] < min_rows:
+        raise ValueError(f"`{name}` must hold at least {min_rows} samples; got {array.shape[0]}.")
+    _check_finite(name, array)
+    return array
+
+
+def _gaussian(mu_name, mu, sigma_name, sigma):
+    """A mean `[d]` and a symmetric covariance `[d, d]`, float64 and finite."""
+    mu = _as_float64(mu_name, mu)
+    sigma = _as_float64(sigma_name, sigma)
+    if mu.ndim != 1:
+        raise ValueError(f"`{mu_name}` must be a mean vector of shape (dim,); got shape {mu.shape}.")
+    if sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(
+            f"`{sigma_name}` must be a covariance of shape ({mu.shape[0]}, {mu.shape[0]}) to match `{mu_name}`; "
+            f"got shape {sigma.shape}."
+        )
+    _check_finite(mu_name, mu)
+    _check_finite(sigma_name, sigma)
+    scale = np.max(np.abs(sigma), initial=0.0)
+    if np.max(np.abs(sigma - sigma.T), initial=0.0) > 1e-6 * scale:
+        raise ValueError(f"`{sigma_name}` must be a symmetric covariance matrix; it is not symmetric.")
+    return mu, (sigma + sigma.T) / 2
+
+
+# --- streaming statistics ----------------------------------------------------------------
+
+
+class FeatureStatistics:
+    """Streaming float64 mean and covariance of feature vectors, fed batch by batch.
+
+    Holds the count, the mean and the sum of outer products of deviations from
+    the mean (`d + d*d` numbers, whatever the number of samples). Batches are
+    combined with Chan et al.'s pairwise update, which, unlike raw sums of
+    `x x^T`, does not cancel digits when the mean is large next to the spread.
+    `mean` and `covariance` equal `np.mean(x, 0)` and `np.cov(x, rowvar=False)`
+    (unbiased) of all the features at once: the `mu` and `sigma` of ADM's
+    reference batches.
+
+    Args:
+        dim: the feature dimension, or None to take it from the first batch.
+    """
+
+    def __init__(self, dim=None):
+        check_positive_int("dim", dim, allow_none=True)
+        self._dim = None if dim is None else int(dim)
+        self._count = 0
+        self._mean = None
+        self._scatter = None  # sum over samples of (x - mean)(x - mean)^T
+
+    @classmethod
+    def from_features(cls, features):
+        """The statistics of one array `[N, dim]`."""
+        return cls().update(features)
+
+    @property
+    def dim(self):
+        return self._dim
+
+    @property
+    def count(self):
+        """The number of feature vectors seen."""
+        return self._count
+
+    @property
+    def mean(self):
+        """The mean `[dim]` (float64)."""
+        if self._count == 0:
+            raise ValueError("FeatureStatistics has seen no features: the mean is undefined.")
+        return self._mean.copy()
+
+    @property
+    def covariance(self):
+        """The unbiased covariance `[dim, dim]` (float64), as `np.cov(features, rowvar=False)`."""
+        if self._count < 2:
+            raise ValueError(f"The covariance needs at least 2 feature vectors; FeatureStatistics has {self._count}.")
+        return self._scatter / (self._count - 1)
+
+    def update(self, features):
+        """Add a batch `[B, dim]` of feature vectors; returns self."""
+        features = _features("features", features, dim=self._dim, min_rows=0)
+        if features.shape[0] == 0:
+            return self
+        mean = features.mean(axis=0)
+        centered = features - mean
+        self._combine(features.shape[0], mean, centered.T @ centered)
+        return self
+
+    def merge(self, other):
+        """Fold the statistics of `other` (a disjoint set of features) into these; returns self."""
+        if not isinstance(other, FeatureStatistics):
+            raise TypeError(f"`other` must be a FeatureStatistics; got {type(other).__name__}.")
+        if other._count == 0:
+            return self
+        if self._dim is not None and other._dim != self._dim:
+            raise ValueError(f"`other` has feature dimension {other._dim}; these statistics have {self._dim}.")
+        self._combine(other._count, other._mean.copy(), other._scatter.copy())
+        return self
+
+    def _combine(self, count, mean, scatter):
+        if self._count == 0:
+            self._dim, self._count, self._mean, self._scatter = mean.shape[0], count, mean, scatter
+            return
+        total = self._count + count
+        delta = mean - self._mean
+        self._mean = self._mean + delta * (count / total)
+        self._scatter = self._scatter + scatter + np.outer(delta, delta) * (self._count * count / total)
+        self._count = total
+
+    def frechet_distance(self, other):
+        """FID between these statistics and `other`'s."""
+        if not isinstance(other, FeatureStatistics):
+            raise TypeError(f"`other` must be a FeatureStatistics; got {type(other).__name__}.")
+        return frechet_distance(self.mean, self.covariance, other.mean, other.covariance)
+
+    def save(self, path):
+        """Write `mu`, `sigma` (float64, as in ADM's reference batches) and `count` to an `.npz`.
+
+        NumPy appends `.npz` to a path without it. The count lets `load` resume
+        accumulating; ADM's evaluator reads only `mu` and `sigma`.
+        """
+        np.savez(path, mu=self.mean, sigma=self.covariance, count=np.int64(self._count))
+
+    @classmethod
+    def load(cls, path):
+        """Statistics written by `save` (ADM's reference batches, which have no count, are read
+        by `keras_sit.evaluation.reference_batches.read_reference_batch`)."""
+        with np.load(path, allow_pickle=False) as data:
+            missing = [key for key in ("mu", "sigma", "count") if key not in data.files]
+            if missing:
+                raise ValueError(
+                    f"{path} lacks {missing}: FeatureStatistics.load reads files written by FeatureStatistics.save "
+                    "(for ADM's reference batches, use reference_batches.read_reference_batch)."
+                )
+            mu, sigma, count = data["mu"], data["sigma"], data["count"]
+        if count.shape != () or not np.issubdtype(count.dtype, np.integer) or count < 2:
+            raise ValueError(f"{path}: `count` must be an integer >= 2; got {count!r}.")
+        mu, sigma = _gaussian("mu", mu, "sigma", sigma)
+        statistics = cls(dim=mu.shape[0])
+        statistics._count, statistics._mean, statistics._scatter = int(count), mu, sigma * (int(count) - 1)
+        return statistics
+
+    def __repr__(self):
+        return f"FeatureStatistics(dim={self._dim}, count={self._count})"
+
+
+# --- FID ---------------------------------------------------------------------------------
+
+
+def _clip_rounding(eigenvalues):
+    """Eigenvalues of a symmetric PSD matrix with those at rounding level (below `d * eps` of the
+    largest, negative ones included) set to 0: their square roots would add noise, not signal."""
+    cutoff = eigenvalues.shape[0] * np.finfo(np.float64).eps * np.max(np.abs(eigenvalues), initial=0.0)
+    return np.where(eigenvalues > cutoff, eigenvalues, 0.0)
+
+
+def _psd_sqrt(matrix):
+    """The symmetric square root of a symmetric PSD matrix."""
+    eigenvalues, eigenvectors = np.linalg.eigh(matrix)
+    return (eigenvectors * np.sqrt(_clip_rounding(eigenvalues))) @ eigenvectors.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2):
+    """The Frechet distance between N(mu1, sigma1) and N(mu2, sigma2): FID on Inception statistics.
+
+    `|mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2))`, as in
+    ADM's evaluator and pytorch-fid. They take `scipy.linalg.sqrtm(sigma1 @ sigma2)`,
+    a square root of a non-symmetric product, which on singular or ill-conditioned
+    covariances (fewer samples than dimensions, rank-deficient features) can fail,
+    return NaN, or carry large imaginary parts, depending on the BLAS. Here the trace
+    is taken from a symmetric matrix instead: with `R = sqrt(sigma1)` (symmetric,
+    from an eigendecomposition), `sigma1 sigma2` is similar to `R sigma2 R`, which
+    is symmetric PSD, so `tr(sqrt(sigma1 sigma2))` is the sum of the square roots
+    of its eigenvalues. Symmetric eigensolvers are backward stable and return real
+    eigenvalues; those at rounding level (below `d * eps` of the largest, or
+    negative) are taken as 0, as a pseudo-inverse does, since the square root would
+    magnify their rounding error. All in float64.
+
+    Args:
+        mu1, mu2: means `[d]`.
+        sigma1, sigma2: covariances `[d, d]` (symmetric PSD).
+
+    Returns:
+        The distance, a float >= 0 (a rounding-level negative result is returned as 0).
+    """
+    mu1, sigma1 = _gaussian("mu1", mu1, "sigma1", sigma1)
+    mu2, sigma2 = _gaussian("mu2", mu2, "sigma2", sigma2)
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"`mu1` and `mu2` must have the same dimension; got {mu1.shape[0]} and {mu2.shape[0]}.")
+    root1 = _psd_sqrt(sigma1)
+    inner = root1 @ sigma2 @ root1
+    eigenvalues = np.linalg.eigvalsh((inner + inner.T) / 2)
+    trace_covmean = np.sum(np.sqrt(_clip_rounding(eigenvalues)))
+    diff = mu1 - mu2
+    distance = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_covmean
+    return max(float(distance), 0.0)
+
+
+# --- KID ---------------------------------------------------------------------------------
+
+
+def _polynomial_kernel(x, y):
+    """`(x . y / d + 1)^3`, the KID kernel."""
+    return (x @ y.T / x.shape[1] + 1.0) ** 3
+
+
+def _mmd2_unbiased(x, y):
+    """The unbiased MMD^2 estimate between two equal-size samples under the KID kernel."""
+    m = x.shape[0]
+    k_xx = _polynomial_kernel(x, x)
+    k_yy = _polynomial_kernel(y, y)
+    k_xy = _polynomial_kernel(x, y)
+    within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+    return within - 2.0 * k_xy.sum() / (m * m)
+
+
+def kernel_inception_distance(features1, features2, num_subsets=100, subset_size=1000, seed=0):
+    """KID (Binkowski et al. 2018): the unbiased MMD^2 under `k(x, y) = (x . y / d + 1)^3`,
+    averaged over random subsets.
+
+    Each of `num_subsets` draws takes `subset_size` samples of each set without
+    replacement (`subset_size` capped at the smaller set, as clean-fid does) and
+    computes `(sum_{i != j} k(x_i, x_j) + sum_{i != j} k(y_i, y_j)) / (m (m - 1))
+    - 2 sum_{i, j} k(x_i, y_j) / m^2`, torch-fidelity's and clean-fid's estimator
+    (the cross term keeps its diagonal). The draws follow torch-fidelity's:
+    `np.random.RandomState(seed)`, per subset first from `features1`, then from
+    `features2`, so with `seed=2020` (its default) and the same features, the
+    values equal torch-fidelity's. KID can be slightly negative for close sets.
+
+    Args:
+        features1, features2: features `[N1, d]` and `[N2, d]`, at least 2 each.
+        num_subsets: how many subsets to average over.
+        subset_size: samples per subset from each set.
+        seed: the seed of the subset draws (None: unseeded).
+
+    Returns:
+        `(mean, std)` of the per-subset estimates (std with `ddof=0`, as torch-fidelity).
+    """
+    x = _features("features1", features1, min_rows=2)
+    y = _features("features2", features2, dim=x.shape[1], min_rows=2)
+    check_positive_int("num_subsets", num_subsets)
+    check_positive_int("subset_size", subset_size)
+    check_seed(seed)
+    if subset_size < 2:
+        raise ValueError(f"`subset_size` must be at least 2 (the estimator excludes pairs (i, i)); got {subset_size}.")
+    m = min(int(subset_size), x.shape[0], y.shape[0])
+    rng = np.random.RandomState(seed)
+    estimates = np.empty(int(num_subsets))
+    for i in range(int(num_subsets)):
+        subset1 = x[rng.choice(x.shape[0], m, replace=False)]
+        subset2 = y[rng.choice(y.shape[0], m, replace=False)]
+        estimates[i] = _mmd2_unbiased(subset1, subset2)
+    return float(np.mean(estimates)), float(np.std(estimates))
+
+
+# --- Inception Score ---------------------------------------------------------------------
+
+
+def inception_score(logits_or_probs, splits=10, from_logits=False, *, split_size=None):
+    """The Inception Score `exp(E_x KL(p(y|x) || p(y)))`, mean and std over splits.
+
+    As ADM's evaluator (after improved-gan): the samples are split in contiguous
+    chunks, in order, without shuffling; in each, `p(y)` is the chunk's mean
+    prediction, and the score is `exp` of the mean KL. ADM's predictions are the
+    softmax over the 1008 outputs of the TF Inception graph (`pool_3 @ W` of
+    `softmax/logits/MatMul`, no bias), and chunks of `split_size=5000`: for 50,000
+    samples that is the 10 equal chunks of the default `splits=10`. `0 log 0`
+    counts as 0. Computed in float64 (from logits via a log-softmax).
+
+    Args:
+        logits_or_probs: `[N, num_classes]`, class probabilities (each row >= 0,
+            summing to 1), or logits if `from_logits`.
+        splits: the number of chunks; chunk `i` is rows `[i N // splits, (i + 1) N // splits)`.
+        from_logits: whether the input is logits (a softmax is applied).
+        split_size: instead of `splits`, chunks of this many rows (the last may be
+            shorter), ADM's convention (5000).
+
+    Returns:
+        `(mean, std)` of the per-chunk scores (std with `ddof=0`, as improved-gan).
+    """
+    check_bool("from_logits", from_logits)
+    values = _features("logits_or_probs", logits_or_probs, min_rows=1)
+    n = values.shape[0]
+    if split_size is None:
+        check_positive_int("splits", splits)
+        if splits > n:
+            raise ValueError(f"`splits` ({splits}) must not exceed the number of samples ({n}).")
+        bounds = [(i * n // splits, (i + 1) * n // splits) for i in range(int(splits))]
+    else:
+        check_positive_int("split_size", split_size)
+        bounds = [(start, min(start + int(split_size), n)) for start in range(0, n, int(split_size))]
+    if from_logits:
+        shifted = values - values.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.sum(np.exp(shifted), axis=1, keepdims=True))
+        probs = np.exp(log_probs)
+    else:
+        probs = values
+        if np.any(probs < 0) or not np.allclose(probs.sum(axis=1), 1.0, rtol=0, atol=1e-3):
+            raise ValueError(
+                "`logits_or_probs` must be probabilities (rows >= 0 summing to 1); pass `from_logits=True` for logits."
+            )
+        log_probs = np.log(np.where(probs > 0, probs, 1.0))
+    scores = []
+    for start, stop in bounds:
+        p, log_p = probs[start:stop], log_probs[start:stop]
+        marginal = p.mean(axis=0)
+        log_marginal = np.log(np.where(marginal > 0, marginal, 1.0))
+        kl = np.sum(np.where(p > 0, p * (log_p - log_marginal), 0.0), axis=1)
+        scores.append(np.exp(np.mean(kl)))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+# --- precision and recall ----------------------------------------------------------------
+
+
+def _squared_distances(rows, rows_sq, columns, columns_sq):
+    """Pairwise squared Euclidean distances `[len(rows), len(columns)]`, clipped at 0."""
+    distances = rows_sq[:, None] + columns_sq[None, :] - 2.0 * (rows @ columns.T)
+    return np.maximum(distances, 0.0, out=distances)
+
+
+def _knn_radii(features, k, block_size):
+    """Squared distance of each feature to its k-th nearest neighbour in the set (itself excluded)."""
+    n = features.shape[0]
+    squares = np.einsum("ij,ij->i", features, features)
+    radii = np.empty(n)
+    for start in range(0, n, block_size):
+        stop = min(start + block_size, n)
+        distances = _squared_distances(features[start:stop], squares[start:stop], features, squares)
+        distances[np.arange(stop - start), np.arange(start, stop)] = 0.0  # exactly, not up to rounding
+        distances.partition(k, axis=1)  # index 0 is the point itself
+        radii[start:stop] = distances[:, k]
+    return radii
+
+
+def precision_recall(real_features, fake_features, k=3, block_size=1000):
+    """Improved precision and recall (Kynkaanniemi et al. 2019), as ADM's evaluator.
+
+    Each set's manifold is the union of balls around its points, each ball's
+    radius the distance to the point's k-th nearest neighbour in its own set
+    (the point itself not counted). Precision is the fraction of fake samples
+    inside the real manifold (distance <= some real radius), recall the fraction
+    of real samples inside the fake manifold. Distances are computed in float64
+    blocks of `block_size` rows, so memory is `O(block_size * max(N_real, N_fake))`
+    (ADM computes them in float16, falling back to float32, which can only move
+    points within rounding of a ball's boundary).
+
+    Args:
+        real_features: `[N_real, d]`, the reference set (ADM's `ref_batch`).
+        fake_features: `[N_fake, d]`, the samples.
+        k: the neighbourhood size (ADM's `nhood_sizes=(3,)`); each set needs more than `k` points.
+        block_size: rows of distances computed at once.
+
+    Returns:
+        `(precision, recall)`.
+    """
+    check_positive_int("k", k)
+    check_positive_int("block_size", block_size)
+    real = _features("real_features", real_features, min_rows=k + 1)
+    fake = _features("fake_features", fake_features, dim=real.shape[1], min_rows=k + 1)
+    k, block_size = int(k), int(block_size)
+    real_radii = _knn_radii(real, k, block_size)
+    fake_radii = _knn_radii(fake, k, block_size)
+    real_squares = np.einsum("ij,ij->i", real, real)
+    fake_squares = np.einsum("ij,ij->i", fake, fake)
+    real_covered = np.zeros(real.shape[0], dtype=bool)
+    fake_covered = np.zeros(fake.shape[0], dtype=bool)
+    for start in range(0, real.shape[0], block_size):
+        stop = min(start + block_size, real.shape[0])
+        distances = _squared_distances(real[start:stop], real_squares[start:stop], fake, fake_squares)
+        real_covered[start:stop] = np.any(distances <= fake_radii[None, :], axis=1)
+        fake_covered |= np.any(distances <= real_radii[start:stop, None], axis=0)
+    return float(np.mean(fake_covered)), float(np.mean(real_covered))
