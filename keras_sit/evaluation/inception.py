@@ -5,8 +5,8 @@ are computed with this network and its weights
 (`pt_inception-2015-12-05-6726825d.pth`). It is written here because neither
 Keras nor keras-hub has it: their InceptionV3, like torchvision's, is a
 different network with other weights, and its features give other numbers.
-pytorch-fid itself needs torchvision, which cannot be installed beside every
-torch build keras_sit runs with.
+pytorch-fid, which has it, runs on PyTorch only and needs torchvision, which
+cannot always be installed beside the torch build in use.
 
 The blocks follow torchvision's InceptionV3 building blocks with
 pytorch-fid's changes: the 3x3 average pools of `InceptionA`, `InceptionC`
@@ -20,8 +20,9 @@ TensorFlow and PyTorch.
 `FIDInception.features` takes uint8 images `[B, H, W, 3]` (or floats in
 [0, 255]) and does pytorch-fid's input transform: a bilinear resize to
 299x299 (`align_corners=False`, no antialiasing) and the scaling to [-1, 1].
-ADM's TensorFlow evaluator resizes inside the TF graph instead, differently,
-so features match pytorch-fid's, not ADM's, bit for bit.
+ADM's TensorFlow evaluator feeds images to the TF graph itself, which
+resizes and scales them its own way, so the features here match
+pytorch-fid's, and ADM's only closely.
 """
 
 import keras
@@ -32,7 +33,6 @@ from keras_sit.validation import check_choice
 
 INPUT_SIZE = 299  # the network's input resolution; every image is resized to it
 NUM_CLASSES = 1008  # the TF graph's classifier: 1000 ImageNet classes and 8 unused outputs
-POOL_FEATURES = 2048
 SPATIAL_CHANNELS = 7  # ADM's sFID keeps the first 7 channels of `mixed_6/conv`
 SPATIAL_SIZE = 17  # `mixed_6/conv` is 17x17 at 299x299 input
 BATCH_NORM_EPSILON = 1e-3  # the graph's (and torchvision's) value
@@ -361,6 +361,9 @@ class FIDInception(keras.Model):
       the TF graph's `mixed_6/conv` (the ReLU output of the 1x1 branch of the
       third 17x17 block, `Mixed_6d.branch1x1` here; 17x17 positions),
       flattened in (height, width, channel) order as ADM does.
+
+    Under a mixed `dtype` policy the convolutions run in the compute dtype;
+    the batch norms' statistics, the pool and the classifier stay float32.
     """
 
     def __init__(self, dtype=None, **kwargs):
@@ -425,7 +428,7 @@ class FIDInception(keras.Model):
         # The block concatenates its 1x1 branch first, so its first channels are `mixed_6/conv`'s.
         spatial = ops.cast(mixed_6d[..., :SPATIAL_CHANNELS], "float32")
         x = _run_chain(self._layers_after_6d(), mixed_6d)
-        pool = ops.cast(ops.mean(x, axis=(1, 2)), "float32")
+        pool = ops.mean(ops.cast(x, "float32"), axis=(1, 2))
         logits, logits_unbiased = self.fc(pool)
         return {
             "pool": pool,

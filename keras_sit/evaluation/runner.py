@@ -1,0 +1,199 @@
+"""Drawing many samples for evaluation: in chunks on disk, resumable, with their features.
+
+FID-50K means 50,000 samples, class-balanced, each passed through the FID
+Inception network. `generate_for_evaluation` draws them in chunks of
+`batch_size`; each chunk's images, labels and features are written to one
+`.npz` under a temporary name and renamed into place, so a crash loses at
+most the chunk in progress and running the same call again resumes after the
+last finished chunk. Each chunk has its own seed, so a resumed run gives
+exactly the samples of an uninterrupted one. Nothing holds all the samples
+in memory: `EvaluationSamples` reads the chunks back one at a time to
+accumulate statistics, and writes ADM's sample `.npz` by streaming.
+
+The models are `SiT` (images in [-1, 1], the data range of the examples) and
+`LatentSiT` (uint8 images); vector models have no images to evaluate.
+"""
+
+import json
+import os
+import zipfile
+
+import numpy as np
+
+from keras_sit.evaluation.metrics import FeatureStatistics
+from keras_sit.validation import check_positive_int, check_seed
+
+CHUNK_PREFIX = "chunk-"
+PLAN_FILE = "samples.json"
+
+
+def balanced_labels(num_samples, num_classes, seed):
+    """`num_samples` labels, each class as often as possible (the remainder spread over the first
+    classes), in a seeded random order."""
+    labels = np.arange(num_samples) % num_classes
+    return np.random.default_rng(seed).permutation(labels).astype("int32")
+
+
+def to_uint8(images):
+    """Images in [-1, 1] (floats) to uint8 0..255; uint8 images pass through."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images
+    return np.round((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype("uint8")
+
+
+def generate_for_evaluation(
+    model, directory, num_samples=50_000, batch_size=250, feature_extractor=None, seed=0, verbose=1, **generate_kwargs
+):
+    """Draw `num_samples` images from `model` into `directory`, chunk by chunk; resumable.
+
+    Args:
+        model: a `SiT` on images, or a `LatentSiT`.
+        directory: where the chunks go. Running again with the same
+            arguments resumes; a directory of other samples is refused.
+        num_samples: how many (50,000 for FID-50K).
+        batch_size: samples a chunk (one `generate` call).
+        feature_extractor: None, or a callable taking uint8 images
+            `[B, H, W, 3]` and returning an array `[B, d]` or a dict of
+            arrays (e.g. `FIDInception.features`: "pool", "logits",
+            "spatial"), stored beside the images.
+        seed: the labels' order and every chunk's sampling seed.
+        verbose: 1 shows a progress bar over the samples.
+        **generate_kwargs: `generate`'s sampler and guidance settings
+            (`sampler`, `num_steps`, `cfg_scale`, ...).
+
+    Returns:
+        `EvaluationSamples` over the directory.
+    """
+    import keras
+
+    check_positive_int("num_samples", num_samples)
+    check_positive_int("batch_size", batch_size)
+    check_seed(seed)
+    for reserved in ("labels", "seed", "noise", "return_trajectory"):
+        if reserved in generate_kwargs:
+            raise ValueError(f"`{reserved}` is chosen by the runner; it cannot be passed to `generate` here.")
+    if not hasattr(model, "autoencoder") and (len(model.data_shape) != 3 or model.data_shape[-1] not in (1, 3)):
+        raise ValueError(f"`model` must generate images (1 or 3 channels); its data shape is {model.data_shape}.")
+    plan = {
+        "num_samples": int(num_samples),
+        "batch_size": int(batch_size),
+        "seed": int(seed),
+        "num_classes": model.num_classes,
+        "generate": {key: _jsonable(value) for key, value in sorted(generate_kwargs.items())},
+    }
+    os.makedirs(directory, exist_ok=True)
+    plan_path = os.path.join(directory, PLAN_FILE)
+    if os.path.exists(plan_path):
+        with open(plan_path) as file:
+            if json.load(file) != json.loads(json.dumps(plan)):
+                raise ValueError(f"`directory` {directory!r} holds samples drawn with other settings; use a new one.")
+    else:
+        _write_atomically(plan_path, lambda file: file.write(json.dumps(plan, indent=1).encode()))
+    labels = None if model.num_classes is None else balanced_labels(num_samples, model.num_classes, seed)
+    progress = keras.utils.Progbar(num_samples, verbose=verbose, unit_name="sample")
+    for chunk, start in enumerate(range(0, num_samples, batch_size)):
+        stop = min(start + batch_size, num_samples)
+        path = _chunk_path(directory, chunk)
+        if not os.path.exists(path):
+            chunk_labels = None if labels is None else labels[start:stop]
+            chunk_seed = (seed * 1_000_003 + chunk) % (2**31 - 1)
+            images = model.generate(stop - start, labels=chunk_labels, seed=chunk_seed, **generate_kwargs)
+            images = to_uint8(images)
+            arrays = {
+                "images": images,
+                "labels": np.full(stop - start, -1, "int32") if labels is None else chunk_labels,
+            }
+            if feature_extractor is not None:
+                arrays.update(_features(feature_extractor, _rgb(images)))
+            _write_atomically(path, lambda file, arrays=arrays: np.savez(file, **arrays))
+        progress.update(stop)
+    return EvaluationSamples(directory)
+
+
+class EvaluationSamples:
+    """The chunks written by `generate_for_evaluation`, read back one at a time."""
+
+    def __init__(self, directory):
+        with open(os.path.join(directory, PLAN_FILE)) as file:
+            self.plan = json.load(file)
+        self.directory = directory
+        self.num_chunks = -(-self.plan["num_samples"] // self.plan["batch_size"])
+        missing = [c for c in range(self.num_chunks) if not os.path.exists(_chunk_path(directory, c))]
+        if missing:
+            raise ValueError(
+                f"The samples in {directory!r} are unfinished ({len(missing)} chunks missing): resume them."
+            )
+
+    def chunks(self):
+        for chunk in range(self.num_chunks):
+            with np.load(_chunk_path(self.directory, chunk)) as arrays:
+                yield {name: arrays[name] for name in arrays.files}
+
+    def statistics(self, name="pool"):
+        """Mean and covariance of one stored feature, accumulated chunk by chunk."""
+        statistics = FeatureStatistics()
+        for arrays in self.chunks():
+            statistics.update(self._feature(arrays, name))
+        return statistics
+
+    def features(self, name="pool"):
+        """One stored feature of every sample, `[N, d]` (for IS and precision/recall)."""
+        return np.concatenate([self._feature(arrays, name) for arrays in self.chunks()])
+
+    def labels(self):
+        return np.concatenate([arrays["labels"] for arrays in self.chunks()])
+
+    def write_adm_npz(self, path):
+        """All images as ADM's sample file (`arr_0`, uint8 NHWC), written without holding them in memory."""
+        first = next(self.chunks())["images"]
+        shape = (self.plan["num_samples"], *first.shape[1:])
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("uint8")), "fortran_order": False, "shape": shape}
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            with archive.open("arr_0.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array_header_1_0(member, header)
+                for arrays in self.chunks():
+                    member.write(np.ascontiguousarray(arrays["images"]).tobytes())
+
+    def _feature(self, arrays, name):
+        if f"feature_{name}" not in arrays:
+            stored = sorted(key[len("feature_") :] for key in arrays if key.startswith("feature_"))
+            raise ValueError(f"No feature {name!r} was stored with these samples; stored: {stored}.")
+        return arrays[f"feature_{name}"]
+
+
+def _features(extractor, images):
+    import keras
+
+    features = extractor(images)
+    if not isinstance(features, dict):
+        features = {"pool": features}
+    out = {}
+    for name, value in features.items():
+        value = np.asarray(keras.ops.convert_to_numpy(value), dtype="float32")
+        out[f"feature_{name}"] = value.reshape(len(images), -1)
+    return out
+
+
+def _rgb(images):
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
+def _chunk_path(directory, chunk):
+    return os.path.join(directory, f"{CHUNK_PREFIX}{chunk:05d}.npz")
+
+
+def _write_atomically(path, write):
+    with open(path + ".partial", "wb") as file:
+        write(file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(path + ".partial", path)
+
+
+def _jsonable(value):
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return value
