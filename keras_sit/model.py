@@ -163,8 +163,8 @@ class SiT(SamplingMixin, keras.Model):
 
     def get_compile_config(self):
         config = super().get_compile_config()
-        if config is None:
-            return None
+        if not config:  # not compiled
+            return config
         # Keras saves the value "auto" resolved to on this backend (True on JAX); keep the
         # argument, so that a model saved under JAX does not switch on torch.compile when
         # loaded under PyTorch.

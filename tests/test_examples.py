@@ -85,3 +85,32 @@ def test_train_latent_and_sample_official(tmp_path):
         "--sampler", "euler", "--steps", "2", "--output", str(tmp_path / "official.png"),
     ])  # fmt: skip
     assert Image.open(tmp_path / "official.png").size == (2 * 18 * 14, 2 * 18 * 14)  # 2 x 2 tiles of 16 px
+
+
+def test_evaluate_a_saved_latent_sit(tmp_path):
+    import json
+
+    import numpy as np
+    import torch
+
+    import keras_sit
+    from keras_sit.convert import import_autoencoder
+    from keras_sit.evaluation import write_reference_batch
+    from tests.test_inception import random_reference
+
+    vae = import_autoencoder(diffusers_autoencoder(tmp_path / "vae"))
+    model = keras_sit.LatentSiT(autoencoder=vae, image_size=16, patch_size=2, hidden_size=16, depth=1, num_heads=2,
+                                num_classes=3, seed=0)  # fmt: skip
+    model.save(tmp_path / "latent_sit.keras")
+    torch.save(random_reference().state_dict(), tmp_path / "inception.pth")
+    images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3)).astype("uint8")
+    write_reference_batch(tmp_path / "reference.npz", np.zeros(2048), np.eye(2048), images=images)
+    out = tmp_path / "evaluation"
+    load("evaluate").main([
+        "--model", str(tmp_path / "latent_sit.keras"), "--inception", str(tmp_path / "inception.pth"),
+        "--reference", str(tmp_path / "reference.npz"), "--num-samples", "6", "--batch-size", "3", "--steps", "2",
+        "--output-dir", str(out), "--adm-npz",
+    ])  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert {"fid", "inception_score", "precision", "recall"} <= set(results) and results["fid"] > 0
+    assert 0.0 <= results["precision"] <= 1.0 and np.load(out / "samples.npz")["arr_0"].shape == (6, 16, 16, 3)

@@ -379,3 +379,9 @@ def test_official_time_convention_feeds_one_minus_t_and_negates_velocity(rng):
     np.testing.assert_allclose(to_numpy(official.velocity(x, t, y)), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="`time_convention` must be"):
         tiny_sit(time_convention="reversed")
+
+
+def test_an_uncompiled_model_loads_uncompiled(tmp_path):
+    tiny_sit().save(tmp_path / "sit.keras")
+    loaded = keras.saving.load_model(tmp_path / "sit.keras")
+    assert not loaded.compiled and getattr(loaded, "optimizer", None) is None

@@ -20,7 +20,7 @@ import zipfile
 
 import numpy as np
 
-from keras_sit.evaluation.metrics import FeatureStatistics
+from keras_sit.evaluation.metrics import FeatureStatistics, frechet_distance
 from keras_sit.validation import check_positive_int, check_seed
 
 CHUNK_PREFIX = "chunk-"
@@ -197,3 +197,50 @@ def _jsonable(value):
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     return value
+
+
+def evaluate(samples, reference, feature_extractor=None, batch_size=100):
+    """The numbers ADM's evaluator reports, for `samples` against `reference`.
+
+    Args:
+        samples: `EvaluationSamples` drawn with the FID network's features
+            (`feature_extractor=inception.features` in
+            `generate_for_evaluation`: "pool", "spatial", "logits_unbiased").
+        reference: a `ReferenceBatch` (`read_reference_batch`); its images
+            (`load_images=True`) are needed for precision and recall, or for
+            the statistics when it has none.
+        feature_extractor: the same extractor, for the reference images.
+        batch_size: reference images per extractor call.
+
+    Returns:
+        A dict with what can be computed: `fid`, `sfid`, `inception_score`
+        (mean over ADM's splits of 5000), `precision`, `recall`.
+    """
+    from keras_sit.evaluation.metrics import inception_score, precision_recall
+
+    check_positive_int("batch_size", batch_size)
+    results = {}
+    reference_features = None
+    if reference.images is not None and feature_extractor is not None:
+        parts = [_features(feature_extractor, _rgb(reference.images[i : i + batch_size]))
+                 for i in range(0, len(reference.images), batch_size)]  # fmt: skip
+        reference_features = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    for name, mu, sigma, key in (("fid", reference.mu, reference.sigma, "pool"),
+                                 ("sfid", reference.mu_s, reference.sigma_s, "spatial")):  # fmt: skip
+        if mu is None and reference_features is not None and f"feature_{key}" in reference_features:
+            statistics = FeatureStatistics.from_features(reference_features[f"feature_{key}"])
+            mu, sigma = statistics.mean, statistics.covariance
+        if mu is not None and _has_feature(samples, key):
+            fake = samples.statistics(key)
+            results[name] = frechet_distance(fake.mean, fake.covariance, mu, sigma)
+    if _has_feature(samples, "logits_unbiased"):
+        logits = samples.features("logits_unbiased")
+        results["inception_score"] = inception_score(logits, from_logits=True, split_size=min(5000, len(logits)))[0]
+    if reference_features is not None and _has_feature(samples, "pool"):
+        precision, recall = precision_recall(reference_features["feature_pool"], samples.features("pool"))
+        results.update(precision=precision, recall=recall)
+    return results
+
+
+def _has_feature(samples, name):
+    return f"feature_{name}" in next(samples.chunks())
