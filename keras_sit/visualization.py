@@ -43,15 +43,21 @@ def save_image_grid(images, path, rows=1, pad=1, value_range=(-1.0, 1.0), min_he
     image.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
 
 
-def plot_losses(history, path, title=None):
-    """Plot every loss curve of a `fit` history (`History.history` or the dict) to `path`."""
+def plot_losses(history, path, title=None, metrics=None):
+    """Plot every loss curve of a `fit` history (`History.history` or the dict) to `path`.
+
+    `metrics` (`{name: {epoch: value}}`, e.g. `FrechetDistance.values`) adds a
+    second panel beside the losses, for figures measured every few epochs.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     history = getattr(history, "history", history)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    panels = 2 if metrics else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    ax = axes[0, 0]
     for name, values in history.items():
         if name.endswith("loss"):
             ax.plot(np.arange(1, len(values) + 1), values, label=name)
@@ -60,6 +66,14 @@ def plot_losses(history, path, title=None):
     ax.legend()
     if title:
         ax.set_title(title)
+    if metrics:
+        ax = axes[0, 1]
+        for name, values in metrics.items():
+            epochs = sorted(values)
+            ax.plot(epochs, [values[e] for e in epochs], marker="o", label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("sample quality (lower is better)")
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -16,9 +16,12 @@ def load(name):
 
 
 def test_train_then_sample(tmp_path):
-    load("train").main(["--epochs", "1", "--output-dir", str(tmp_path), "--sampling-steps", "2"])
+    load("train").main(["--epochs", "1", "--output-dir", str(tmp_path), "--sampling-steps", "2", "--quality-every", "1",
+                        "--quality-samples", "40"])  # fmt: skip
     for name in ("sit.keras", "samples.png", "loss.png"):
         assert (tmp_path / name).stat().st_size > 0
+    loss = Image.open(tmp_path / "loss.png")
+    assert loss.size[0] >= 2.5 * loss.size[1]  # the loss and the digits FD side by side
     grid = Image.open(tmp_path / "samples.png")
     assert grid.size[1] > grid.size[0] * 0.9  # ten rows of ten tiles
     load("sample").main(

@@ -33,3 +33,9 @@ def test_save_image_grid_scales_small_images_up(tmp_path):
 def test_plot_losses_writes_a_png(tmp_path):
     plot_losses({"loss": [1.0, 0.5, 0.25], "val_loss": [1.1, 0.6, 0.3], "lr": [1e-3] * 3}, tmp_path / "loss.png")
     assert Image.open(tmp_path / "loss.png").format == "PNG"
+
+
+def test_plot_losses_with_a_quality_panel_is_wider(tmp_path):
+    plot_losses({"loss": [1.0, 0.5]}, tmp_path / "one.png")
+    plot_losses({"loss": [1.0, 0.5]}, tmp_path / "two.png", metrics={"fid": {1: 30.0, 2: 20.0}})
+    assert Image.open(tmp_path / "two.png").size[0] == 2 * Image.open(tmp_path / "one.png").size[0]
