@@ -323,32 +323,47 @@ class MidBlock(keras.layers.Layer):
         }
 
 
+class _LatentCoder(keras.layers.Layer):
+    """What the `Encoder` and the `Decoder` share: their architecture arguments and config.
+
+    `image_channels` is the encoder's input and the decoder's output.
+    """
+
+    def __init__(self, image_channels, block_out_channels, layers_per_block, latent_channels, groups=32,
+                 mid_block_add_attention=True, **kwargs):  # fmt: skip
+        super().__init__(**kwargs)
+        self.image_channels = image_channels
+        self.block_out_channels = tuple(block_out_channels)
+        self.layers_per_block = layers_per_block
+        self.latent_channels = latent_channels
+        self.groups = groups
+        self.mid_block_add_attention = mid_block_add_attention
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "image_channels": self.image_channels,
+            "block_out_channels": list(self.block_out_channels),
+            "layers_per_block": self.layers_per_block,
+            "latent_channels": self.latent_channels,
+            "groups": self.groups,
+            "mid_block_add_attention": self.mid_block_add_attention,
+        }
+
+
 @keras.saving.register_keras_serializable(package="keras_sit")
-class Encoder(keras.layers.Layer):
-    """Images `[B, H, W, in_channels]` to `[B, H/f, W/f, 2 * latent_channels]` (mean and log-variance).
+class Encoder(_LatentCoder):
+    """Images `[B, H, W, image_channels]` to `[B, H/f, W/f, 2 * latent_channels]` (mean and log-variance).
 
     conv_in, one `ResolutionBlock` per entry of `block_out_channels` (a downsample on
     all but the last), the `MidBlock`, then GroupNorm, SiLU and conv_out.
     `f = 2 ** (len(block_out_channels) - 1)`.
     """
 
-    def __init__(
-        self,
-        in_channels,
-        block_out_channels,
-        layers_per_block,
-        latent_channels,
-        groups=32,
-        mid_block_add_attention=True,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.in_channels = in_channels
-        self.block_out_channels = tuple(block_out_channels)
-        self.layers_per_block = layers_per_block
-        self.latent_channels = latent_channels
-        self.groups = groups
-        self.mid_block_add_attention = mid_block_add_attention
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        groups, mid_block_add_attention = self.groups, self.mid_block_add_attention
+        layers_per_block, latent_channels = self.layers_per_block, self.latent_channels
         dtype, channels, levels = self.dtype_policy, self.block_out_channels, len(self.block_out_channels)
         self.conv_in = _conv(channels[0], 3, dtype, "conv_in")
         self.down_blocks = [
@@ -385,44 +400,20 @@ class Encoder(keras.layers.Layer):
         x = self.mid_block(x)
         return self.conv_out(ops.silu(self.conv_norm_out(x)))
 
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "in_channels": self.in_channels,
-            "block_out_channels": list(self.block_out_channels),
-            "layers_per_block": self.layers_per_block,
-            "latent_channels": self.latent_channels,
-            "groups": self.groups,
-            "mid_block_add_attention": self.mid_block_add_attention,
-        }
-
 
 @keras.saving.register_keras_serializable(package="keras_sit")
-class Decoder(keras.layers.Layer):
-    """Raw latents `[B, h, w, latent_channels]` to images `[B, h*f, w*f, out_channels]`.
+class Decoder(_LatentCoder):
+    """Raw latents `[B, h, w, latent_channels]` to images `[B, h*f, w*f, image_channels]`.
 
     conv_in to the widest channels, the `MidBlock`, one `ResolutionBlock` of
     `layers_per_block + 1` resnets per level in reversed channel order (an
     upsample on all but the last), then GroupNorm, SiLU and conv_out.
     """
 
-    def __init__(
-        self,
-        out_channels,
-        block_out_channels,
-        layers_per_block,
-        latent_channels,
-        groups=32,
-        mid_block_add_attention=True,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.out_channels = out_channels
-        self.block_out_channels = tuple(block_out_channels)
-        self.layers_per_block = layers_per_block
-        self.latent_channels = latent_channels
-        self.groups = groups
-        self.mid_block_add_attention = mid_block_add_attention
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        groups, mid_block_add_attention = self.groups, self.mid_block_add_attention
+        layers_per_block, out_channels = self.layers_per_block, self.image_channels
         dtype, levels = self.dtype_policy, len(self.block_out_channels)
         channels = self.block_out_channels[::-1]
         self.conv_in = _conv(channels[0], 3, dtype, "conv_in")
@@ -459,17 +450,6 @@ class Decoder(keras.layers.Layer):
         for block in self.up_blocks:
             x = block(x)
         return self.conv_out(ops.silu(self.conv_norm_out(x)))
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "out_channels": self.out_channels,
-            "block_out_channels": list(self.block_out_channels),
-            "layers_per_block": self.layers_per_block,
-            "latent_channels": self.latent_channels,
-            "groups": self.groups,
-            "mid_block_add_attention": self.mid_block_add_attention,
-        }
 
 
 def sample_posterior(mean, logvar, seed=None):
