@@ -70,7 +70,7 @@ def digit_features(images, labels, seed):
     ])  # fmt: skip
     classifier.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     classifier.fit(images, labels, batch_size=64, epochs=30, verbose=0)
-    features = keras.Model(classifier.inputs, classifier.get_layer("features").output)
+    features = keras.Model(classifier.inputs[0], classifier.get_layer("features").output)
 
     def extract(rgb_uint8):  # the callback hands over uint8 RGB; the digits are one channel in [-1, 1]
         return features(rgb_uint8[..., :1].astype("float32") / 127.5 - 1.0)

@@ -106,14 +106,14 @@ def test_evaluate_a_saved_latent_sit(tmp_path):
                                 num_classes=3, seed=0)  # fmt: skip
     model.save(tmp_path / "latent_sit.keras")
     torch.save(random_reference().state_dict(), tmp_path / "inception.pth")
-    images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3)).astype("uint8")
+    images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3)).astype("uint8")
     write_reference_batch(tmp_path / "reference.npz", np.zeros(2048), np.eye(2048), images=images)
     out = tmp_path / "evaluation"
     load("evaluate").main([
         "--model", str(tmp_path / "latent_sit.keras"), "--inception", str(tmp_path / "inception.pth"),
-        "--reference", str(tmp_path / "reference.npz"), "--num-samples", "6", "--batch-size", "3", "--steps", "2",
+        "--reference", str(tmp_path / "reference.npz"), "--num-samples", "5", "--batch-size", "5", "--steps", "2",
         "--output-dir", str(out), "--adm-npz",
     ])  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert {"fid", "inception_score", "precision", "recall"} <= set(results) and results["fid"] > 0
-    assert 0.0 <= results["precision"] <= 1.0 and np.load(out / "samples.npz")["arr_0"].shape == (6, 16, 16, 3)
+    assert 0.0 <= results["precision"] <= 1.0 and np.load(out / "samples.npz")["arr_0"].shape == (5, 16, 16, 3)
