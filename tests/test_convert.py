@@ -12,6 +12,7 @@ from torch import nn
 
 import keras_sit
 from keras_sit.convert import export_official_state_dict, import_official_checkpoint
+from keras_sit.convert.checkpoints import read_checkpoint
 from tests.conftest import to_numpy
 
 # --- An independent PyTorch SiT, written from the official `models.py`, NCHW, official key names ---
@@ -302,3 +303,14 @@ def test_bad_checkpoints_and_arguments():
         export_official_state_dict(vectors)
     with pytest.raises(TypeError, match="sit"):
         export_official_state_dict(state)
+
+
+def test_files_that_are_not_checkpoints_are_named(tmp_path):
+    for name, kind in (("sit.pt", "not a PyTorch checkpoint"), ("vae.safetensors", "not a safetensors file")):
+        (tmp_path / name).write_bytes(b"hello world, not a checkpoint")
+        with pytest.raises(ValueError, match=kind):
+            read_checkpoint(tmp_path / name)
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
+        import_official_checkpoint(str(tmp_path / "sit.pt"))
+    with pytest.raises(FileNotFoundError, match="No checkpoint file"):
+        read_checkpoint(tmp_path / "missing.pt")

@@ -30,16 +30,7 @@ def read_checkpoint(path, allowed_globals=()):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No checkpoint file at `path` {path!r}.")
     if path.endswith(SAFETENSORS_SUFFIXES):
-        from safetensors.numpy import load_file
-
-        try:
-            return load_file(path)
-        except TypeError as error:  # NumPy has no bfloat16: read those through torch
-            if "bfloat16" not in str(error) and "bf16" not in str(error).lower():
-                raise
-            from safetensors.torch import load_file as load_torch_file
-
-            return load_torch_file(path)
+        return _read_safetensors(path)
     if not path.endswith(PICKLE_SUFFIXES):
         raise ValueError(
             f"`path` {path!r} must end in one of {SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES}: "
@@ -51,10 +42,33 @@ def read_checkpoint(path, allowed_globals=()):
         with torch.serialization.safe_globals(list(allowed_globals)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):
+            raise ValueError(f"`path` {path!r} is not a PyTorch checkpoint: {error}") from error
         raise ValueError(
             f"Refused to load `path` {path!r}: it holds objects other than tensors and containers, "
             "and unpickling them could run code."
         ) from error
+    except (KeyError, EOFError, RuntimeError, UnicodeDecodeError) as error:  # what torch raises on other bytes
+        raise ValueError(
+            f"`path` {path!r} is not a PyTorch checkpoint (a zip archive or pickle of tensors): "
+            f"reading it failed with {type(error).__name__}: {error}"
+        ) from error
+
+
+def _read_safetensors(path):
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(path)
+    except SafetensorError as error:
+        raise ValueError(f"`path` {path!r} is not a safetensors file: {error}") from error
+    except TypeError as error:  # NumPy has no bfloat16: read those through torch
+        if "bfloat16" not in str(error) and "bf16" not in str(error).lower():
+            raise
+        from safetensors.torch import load_file as load_torch_file
+
+        return load_torch_file(path)
 
 
 def float32_arrays(state):
