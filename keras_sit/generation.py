@@ -77,7 +77,7 @@ class SamplingSettings:
         normalise("atol", check_number("atol", self.atol, low=0.0, include_low=False))
         normalise("rtol", check_number("rtol", self.rtol, low=0.0, include_low=False))
         check_choice("diffusion", self.diffusion, samplers.DIFFUSIONS)
-        normalise("diffusion_norm", check_number("diffusion_norm", self.diffusion_norm))
+        normalise("diffusion_norm", check_number("diffusion_norm", self.diffusion_norm, low=0.0))
         check_choice("last_step", self.last_step, samplers.LAST_STEPS)
         normalise("last_step_size", check_number("last_step_size", self.last_step_size, 0.0, 1.0))
 

@@ -27,10 +27,13 @@ from keras_sit.validation import (
     check_bool,
     check_choice,
     check_data,
+    check_finite,
+    check_label_values,
     check_labels,
     check_number,
     check_seed,
     element_spec_inputs,
+    in_memory,
     resolve_depth_alias,
     split_inputs,
 )
@@ -210,6 +213,12 @@ class SiT(SamplingMixin, keras.Model):
         x, y = element_spec_inputs(x, y)
         if hasattr(x, "shape") and hasattr(x, "dtype"):
             self._check_inputs(x, y)
+            # In-memory data can be checked by value too: NaN or Inf would turn every weight into
+            # NaN, and a label outside the table would read past it (NaN on JAX, a crash elsewhere).
+            if in_memory(x):
+                check_finite(x, "x")
+            if y is not None and self.num_classes is not None and in_memory(y):
+                check_label_values(y, self.num_classes, "labels")
 
     def _check_inputs(self, x, labels, symbolic_build=False):
         check_data(x, self.data_shape, "x")

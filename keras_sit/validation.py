@@ -142,6 +142,32 @@ def check_labels(labels, batch, name="labels"):
         raise TypeError(f"`{name}` must be integer class indices; got dtype {dtype}.")
 
 
+def in_memory(x):
+    """Whether `x` holds its values here (a NumPy array or a backend tensor), not a spec or a symbol."""
+    return isinstance(x, np.ndarray) or (keras.ops.is_tensor(x) and not isinstance(x, keras.KerasTensor))
+
+
+def check_finite(x, name):
+    """No NaN or Inf in the array or tensor `x`."""
+    values = np.asarray(keras.ops.convert_to_numpy(x))
+    if np.issubdtype(values.dtype, np.floating):
+        bad = np.size(values) - np.count_nonzero(np.isfinite(values))
+        if bad:
+            raise ValueError(
+                f"`{name}` holds {bad} non-finite values (NaN or Inf); training on them would make every weight NaN."
+            )
+
+
+def check_label_values(labels, num_classes, name="labels"):
+    """Class indices in `[0, num_classes)`."""
+    values = np.asarray(keras.ops.convert_to_numpy(labels))
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+        raise ValueError(
+            f"`{name}` must lie in [0, {num_classes}) (num_classes={num_classes}); "
+            f"got values in [{values.min()}, {values.max()}]."
+        )
+
+
 def split_inputs(inputs):
     """`x`, `(x, labels)` or `{"x": x, "labels": labels}` -> `(x, labels)`."""
     if isinstance(inputs, dict):

@@ -385,3 +385,29 @@ def test_an_uncompiled_model_loads_uncompiled(tmp_path):
     tiny_sit().save(tmp_path / "sit.keras")
     loaded = keras.saving.load_model(tmp_path / "sit.keras")
     assert not loaded.compiled and getattr(loaded, "optimizer", None) is None
+
+
+def test_values_that_would_corrupt_the_weights_are_refused_before_fit(images, labels):
+    model = tiny_sit(num_classes=3)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    before = [w.copy() for w in model.get_weights()]
+    for value in (np.nan, np.inf):
+        bad = images.copy()
+        bad[3, 1, 2, 0] = value
+        with pytest.raises(ValueError, match="`x` holds 1 non-finite values"):
+            model.fit(bad, labels, batch_size=8, verbose=0)
+    for label in (-1, 3):
+        bad_labels = labels.copy()
+        bad_labels[5] = label
+        with pytest.raises(ValueError, match=r"`labels` must lie in \[0, 3\)"):
+            model.fit(images, bad_labels, batch_size=8, verbose=0)
+        with pytest.raises(ValueError, match=r"`labels` must lie in \[0, 3\)"):
+            model.fit(images, labels, validation_data=(images, bad_labels), batch_size=8, verbose=0)
+        with pytest.raises(ValueError, match=r"`labels` must lie in \[0, 3\)"):
+            model.evaluate(images, bad_labels, batch_size=8, verbose=0)
+    for weight, old in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(weight, old)
+    history = model.fit(images, labels, batch_size=8, verbose=0).history  # the model is intact
+    assert np.isfinite(history["loss"][0])
+    with pytest.raises(ValueError, match="`diffusion_norm` must be in"):
+        model.generate(2, labels=[0, 1], sampler="sde-euler", diffusion_norm=-1.0)
