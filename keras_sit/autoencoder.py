@@ -478,25 +478,6 @@ def _check_batch(x, channels, factor, name, kind):
         )
 
 
-def _in_chunks(function, x, batch_size):
-    """`function(x)`, or with `batch_size`, the concatenation of `function` over batches of that size.
-
-    Inference: on PyTorch no autograd graph is recorded (`backend.no_grad`),
-    so memory is bounded by one chunk's activations. Call the model itself
-    (`call`, or `encoder`/`decoder`) to differentiate.
-    """
-    if batch_size is not None:
-        check_positive_int("batch_size", batch_size)
-    with backend.no_grad():
-        if batch_size is None:
-            return function(x)
-        total = x.shape[0]
-        if total is None:
-            raise ValueError("`batch_size` needs inputs with a known batch size.")
-        parts = [function(x[start : start + batch_size]) for start in range(0, total, batch_size)]
-        return keras.tree.map_structure(lambda *chunks: ops.concatenate(chunks, axis=0), *parts)
-
-
 @keras.saving.register_keras_serializable(package="keras_sit")
 class AutoencoderKL(keras.Model):
     """The LDM / Stable Diffusion KL autoencoder, channels-last.
@@ -673,7 +654,7 @@ class AutoencoderKL(keras.Model):
         encodes that many images at a time (same result, bounded memory).
         """
         _check_batch(images, self.in_channels, self.downsampling_factor, "images", "images")
-        return _in_chunks(self._moments, images, batch_size)
+        return backend.inference_in_chunks(self._moments, images, batch_size)
 
     def encode(self, images, seed=None, sample=True, batch_size=None):
         """Scaled latents of `images`: a posterior draw, or its mean with `sample=False`.
@@ -701,7 +682,7 @@ class AutoencoderKL(keras.Model):
         memory bounded by one chunk, for decoding many samples at once.
         """
         _check_batch(latents, self.latent_channels, 1, "latents", "scaled latents")
-        return _in_chunks(lambda z: self._decode_raw(self.unscale_latents(z)), latents, batch_size)
+        return backend.inference_in_chunks(lambda z: self._decode_raw(self.unscale_latents(z)), latents, batch_size)
 
     def call(self, images):
         """Reconstruction through the posterior mean (float32)."""

@@ -11,6 +11,8 @@ import contextlib
 
 import keras
 
+from keras_sit.validation import check_positive_int
+
 
 def compile_inference(model, fn):
     """`fn(*tensors)` compiled once per input signature, reading `model`'s weights.
@@ -103,3 +105,22 @@ def no_grad():
 
         return torch.no_grad()
     return contextlib.nullcontext()
+
+
+def inference_in_chunks(function, x, batch_size=None):
+    """`function(x)` without autograd, or with `batch_size`, concatenated over batches of that size.
+
+    For the autoencoder's and the Inception network's inference calls: on
+    PyTorch no graph is recorded (`no_grad`), so memory is bounded by one
+    chunk's activations. `function` may return a tensor or a structure of them.
+    """
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
+    with no_grad():
+        if batch_size is None:
+            return function(x)
+        total = x.shape[0]
+        if total is None:
+            raise ValueError("`batch_size` needs inputs with a known batch size.")
+        parts = [function(x[start : start + batch_size]) for start in range(0, total, batch_size)]
+        return keras.tree.map_structure(lambda *chunks: keras.ops.concatenate(chunks, axis=0), *parts)

@@ -13,9 +13,9 @@ import keras
 import numpy as np
 
 from keras_sit.evaluation.metrics import FeatureStatistics
-from keras_sit.evaluation.runner import balanced_labels, to_uint8
+from keras_sit.evaluation.runner import balanced_labels, extract_features
 from keras_sit.validation import check_positive_int, check_seed
-from keras_sit.visualization import save_image_grid
+from keras_sit.visualization import save_image_grid, to_uint8
 
 
 class SampleGrid(keras.callbacks.Callback):
@@ -85,10 +85,7 @@ class FrechetDistance(keras.callbacks.Callback):
         self._real = None
 
     def _features(self, images):
-        images = to_uint8(images)
-        if images.shape[-1] == 1:
-            images = np.repeat(images, 3, axis=-1)
-        return np.asarray(keras.ops.convert_to_numpy(self.feature_extractor(images)), "float64")
+        return extract_features(self.feature_extractor, to_uint8(images))["pool"].astype("float64")
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:

@@ -89,14 +89,15 @@ class SamplingSettings:
 # --- the pieces of a loop -----------------------------------------------------------------
 
 
+def _guided_output(model, settings, labels, x, t):
+    return model.guided_output(x, t, labels, settings.cfg_scale, settings.guidance_channels, settings.guidance_interval)
+
+
 def guided_drift(model, settings, labels):
     """The probability-flow drift `v(x, t)`, guided as `settings` say."""
 
     def drift(x, t):
-        output = model.guided_output(
-            x, t, labels, settings.cfg_scale, settings.guidance_channels, settings.guidance_interval
-        )
-        return model.transport.to_velocity(output, x, t, settings.clip_data)
+        return model.transport.to_velocity(_guided_output(model, settings, labels, x, t), x, t, settings.clip_data)
 
     return drift
 
@@ -105,10 +106,7 @@ def guided_velocity_and_score(model, settings, labels):
     """`(v, s)` at `(x, t)` from one network call, for the SDE."""
 
     def velocity_and_score(x, t):
-        output = model.guided_output(
-            x, t, labels, settings.cfg_scale, settings.guidance_channels, settings.guidance_interval
-        )
-        transport = model.transport
+        output, transport = _guided_output(model, settings, labels, x, t), model.transport
         return transport.to_velocity(output, x, t, settings.clip_data), transport.to_score(output, x, t)
 
     return velocity_and_score

@@ -35,7 +35,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_sit.files import PARTIAL_SUFFIX, write_atomically, write_synced
 from keras_sit.validation import check_bool, check_choice, check_positive_int
+from keras_sit.visualization import to_float
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CACHE_FILE = "cache.json"
@@ -202,7 +204,7 @@ def _write_shard(source, autoencoder, directory, shard, start, stop, batch_size,
     means, stds, labels = [], [], []
     for begin in range(start, stop, batch_size):
         pairs = [source[i] for i in range(begin, min(begin + batch_size, stop))]
-        images = np.stack([image for image, _ in pairs]).astype("float32") / 127.5 - 1.0
+        images = to_float(np.stack([image for image, _ in pairs]))
         both = np.concatenate([images, images[:, :, ::-1]], axis=0)  # the images, then their mirrors
         mean, logvar = autoencoder.encode_moments(both)
         mean = ops.convert_to_numpy(autoencoder.scale_latents(mean))
@@ -217,14 +219,11 @@ def _write_shard(source, autoencoder, directory, shard, start, stop, batch_size,
     variances = np.square(std.astype("float64")).reshape(-1, std.shape[-1])
     sums = np.stack([np.full(values.shape[1], len(values)), values.sum(0), np.square(values).sum(0), variances.sum(0)])
     final = _shard_path(directory, shard)
-    partial = final + ".partial"
+    partial = final + PARTIAL_SUFFIX
     shutil.rmtree(partial, ignore_errors=True)  # left by a crash
     os.makedirs(partial)
     for name, array in (("mean", mean), ("std", std), ("labels", np.asarray(labels, "int32")), ("sums", sums)):
-        with open(os.path.join(partial, f"{name}.npy"), "wb") as file:
-            np.save(file, array)
-            file.flush()
-            os.fsync(file.fileno())
+        write_synced(os.path.join(partial, f"{name}.npy"), lambda file, array=array: np.save(file, array))
     os.rename(partial, final)  # atomic: the shard appears whole or not at all
 
 
@@ -251,10 +250,9 @@ def _read_json(directory):
 
 
 def _write_json(directory, content):
-    path = os.path.join(directory, CACHE_FILE)
-    with open(path + ".partial", "w") as file:
-        json.dump(content, file, indent=1)
-    os.replace(path + ".partial", path)
+    write_atomically(
+        os.path.join(directory, CACHE_FILE), lambda file: file.write(json.dumps(content, indent=1).encode())
+    )
 
 
 def read_cache_description(directory):

@@ -23,6 +23,7 @@ from keras import ops
 
 from keras_sit.model import SiT
 from keras_sit.validation import check_choice, check_positive_int
+from keras_sit.visualization import to_float, to_uint8
 
 OUTPUTS = ("uint8", "float")
 
@@ -104,16 +105,11 @@ class LatentSiT(SiT):
         """Scaled latents `[B, h, w, c]` -> images, as in `generate`."""
         check_choice("output", output, OUTPUTS)
         images = np.clip(ops.convert_to_numpy(self.autoencoder.decode(latents, batch_size=batch_size)), -1.0, 1.0)
-        if output == "float":
-            return images
-        return np.round((images + 1.0) * 127.5).astype("uint8")
+        return images if output == "float" else to_uint8(images)
 
     def encode_images(self, images, sample=False, seed=None):
         """Images (uint8 in 0..255, or floats in [-1, 1]) -> scaled latents: the posterior's mean, or a draw."""
-        images = np.asarray(images)
-        if images.dtype == np.uint8:
-            images = images.astype("float32") / 127.5 - 1.0
-        return ops.convert_to_numpy(self.autoencoder.encode(images, sample=sample, seed=seed))
+        return ops.convert_to_numpy(self.autoencoder.encode(to_float(images), sample=sample, seed=seed))
 
     def get_config(self):
         return {**super().get_config(), "autoencoder": keras.saving.serialize_keras_object(self.autoencoder)}

@@ -9,6 +9,25 @@ so the library itself does not depend on them.
 import numpy as np
 
 
+def to_uint8(images):
+    """Images in [-1, 1] (floats, clipped) to uint8 0..255; uint8 images pass through."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images
+    return np.round((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype("uint8")
+
+
+def to_float(images):
+    """uint8 images 0..255 to float32 in [-1, 1]; float images pass through."""
+    images = np.asarray(images)
+    return images.astype("float32") / 127.5 - 1.0 if images.dtype == np.uint8 else images
+
+
+def to_rgb(images):
+    """One-channel images `[..., 1]` repeated to three channels; others pass through."""
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
 def image_grid(images, rows, pad=1, value_range=(-1.0, 1.0)):
     """`[N, H, W, C]` images as one uint8 array `[rows * (H + 2 pad), N / rows * (W + 2 pad), C]`.
 

@@ -15,7 +15,8 @@ from PIL import Image
 from keras_sit.callbacks import FrechetDistance, SampleGrid
 from keras_sit.evaluation.metrics import FeatureStatistics, frechet_distance
 from keras_sit.evaluation.reference_batches import read_samples
-from keras_sit.evaluation.runner import EvaluationSamples, balanced_labels, generate_for_evaluation, to_uint8
+from keras_sit.evaluation.runner import EvaluationSamples, balanced_labels, generate_for_evaluation
+from keras_sit.visualization import to_uint8
 from tests.conftest import randomize, tiny_sit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

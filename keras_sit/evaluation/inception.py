@@ -28,7 +28,7 @@ pytorch-fid's, and ADM's only closely.
 import keras
 from keras import ops
 
-from keras_sit.autoencoder import _in_chunks
+from keras_sit import backend
 from keras_sit.validation import check_choice
 
 INPUT_SIZE = 299  # the network's input resolution; every image is resized to it
@@ -443,4 +443,4 @@ class FIDInception(keras.Model):
         Returns the dict of float32 tensors described in the class docstring.
         """
         _check_images(images)
-        return _in_chunks(self, images, batch_size)
+        return backend.inference_in_chunks(self, images, batch_size)

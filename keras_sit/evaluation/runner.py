@@ -21,7 +21,9 @@ import zipfile
 import numpy as np
 
 from keras_sit.evaluation.metrics import FeatureStatistics, frechet_distance
+from keras_sit.files import write_atomically
 from keras_sit.validation import check_positive_int, check_seed
+from keras_sit.visualization import to_rgb, to_uint8
 
 CHUNK_PREFIX = "chunk-"
 PLAN_FILE = "samples.json"
@@ -32,14 +34,6 @@ def balanced_labels(num_samples, num_classes, seed):
     classes), in a seeded random order."""
     labels = np.arange(num_samples) % num_classes
     return np.random.default_rng(seed).permutation(labels).astype("int32")
-
-
-def to_uint8(images):
-    """Images in [-1, 1] (floats) to uint8 0..255; uint8 images pass through."""
-    images = np.asarray(images)
-    if images.dtype == np.uint8:
-        return images
-    return np.round((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype("uint8")
 
 
 def generate_for_evaluation(
@@ -89,7 +83,7 @@ def generate_for_evaluation(
             if json.load(file) != json.loads(json.dumps(plan)):
                 raise ValueError(f"`directory` {directory!r} holds samples drawn with other settings; use a new one.")
     else:
-        _write_atomically(plan_path, lambda file: file.write(json.dumps(plan, indent=1).encode()))
+        write_atomically(plan_path, lambda file: file.write(json.dumps(plan, indent=1).encode()))
     labels = None if model.num_classes is None else balanced_labels(num_samples, model.num_classes, seed)
     progress = keras.utils.Progbar(num_samples, verbose=verbose, unit_name="sample")
     for chunk, start in enumerate(range(0, num_samples, batch_size)):
@@ -105,8 +99,8 @@ def generate_for_evaluation(
                 "labels": np.full(stop - start, -1, "int32") if labels is None else chunk_labels,
             }
             if feature_extractor is not None:
-                arrays.update(_features(feature_extractor, _rgb(images)))
-            _write_atomically(path, lambda file, arrays=arrays: np.savez(file, **arrays))
+                arrays.update(_stored_features(feature_extractor, images))
+            write_atomically(path, lambda file, arrays=arrays: np.savez(file, **arrays))
         progress.update(stop)
     return EvaluationSamples(directory)
 
@@ -162,33 +156,23 @@ class EvaluationSamples:
         return arrays[f"feature_{name}"]
 
 
-def _features(extractor, images):
+def extract_features(extractor, images):
+    """`extractor(images)` as `{name: array [B, d]}` (an array result is named "pool"); one-channel
+    images are handed over as RGB."""
     import keras
 
-    features = extractor(images)
+    features = extractor(to_rgb(images))
     if not isinstance(features, dict):
         features = {"pool": features}
-    out = {}
-    for name, value in features.items():
-        value = np.asarray(keras.ops.convert_to_numpy(value), dtype="float32")
-        out[f"feature_{name}"] = value.reshape(len(images), -1)
-    return out
+    return {name: np.asarray(keras.ops.convert_to_numpy(v)).reshape(len(images), -1) for name, v in features.items()}
 
 
-def _rgb(images):
-    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+def _stored_features(extractor, images):
+    return {f"feature_{name}": v.astype("float32") for name, v in extract_features(extractor, images).items()}
 
 
 def _chunk_path(directory, chunk):
     return os.path.join(directory, f"{CHUNK_PREFIX}{chunk:05d}.npz")
-
-
-def _write_atomically(path, write):
-    with open(path + ".partial", "wb") as file:
-        write(file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(path + ".partial", path)
 
 
 def _jsonable(value):
@@ -222,7 +206,7 @@ def evaluate(samples, reference, feature_extractor=None, batch_size=100):
     results = {}
     reference_features = None
     if reference.images is not None and feature_extractor is not None:
-        parts = [_features(feature_extractor, _rgb(reference.images[i : i + batch_size]))
+        parts = [_stored_features(feature_extractor, reference.images[i : i + batch_size])
                  for i in range(0, len(reference.images), batch_size)]  # fmt: skip
         reference_features = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     for name, mu, sigma, key in (("fid", reference.mu, reference.sigma, "pool"),
