@@ -28,7 +28,15 @@ import numpy as np
 from keras import ops
 
 from keras_sit import backend
-from keras_sit.validation import check_bool, check_choice, check_number, check_positive_int, check_seed
+from keras_sit.validation import (
+    check_bool,
+    check_choice,
+    check_float_dtype,
+    check_number,
+    check_positive_int,
+    check_real_dtype,
+    check_seed,
+)
 
 NORM_EPSILON = 1e-6  # diffusers' and LDM's value; Keras' default is 1e-3
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers clips the posterior's log-variance to this range
@@ -459,18 +467,18 @@ def sample_posterior(mean, logvar, seed=None):
     (fresh noise each call, and traceable under `jax.jit` when it is a layer
     attribute), or None (Keras' global generator; not under `jax.jit`).
     """
-    if not isinstance(seed, keras.random.SeedGenerator):
-        check_seed(seed)
+    check_seed(seed, allow_generator=True)
     mean = ops.cast(mean, "float32")
     noise = keras.random.normal(ops.shape(mean), seed=seed, dtype="float32")
     return ops.add(mean, ops.multiply(ops.exp(ops.multiply(0.5, ops.cast(logvar, "float32"))), noise))
 
 
 def _check_batch(x, channels, factor, name, kind):
-    """`x` is `[B, H, W, channels]` with H and W divisible by `factor` (static checks only)."""
+    """`x` is `[B, H, W, channels]` of real numbers with H and W divisible by `factor` (static checks only)."""
     shape = tuple(x.shape) if hasattr(x, "shape") else ()
     if len(shape) != 4 or shape[-1] not in (None, channels):
         raise ValueError(f"`{name}` must be {kind} of shape (batch, height, width, {channels}); got shape {shape}.")
+    check_real_dtype(name, x)
     if any(size is not None and size % factor for size in shape[1:3]):
         raise ValueError(
             f"`{name}` height and width must be divisible by {factor} (2 ** the number of downsamplings); "
@@ -550,6 +558,7 @@ class AutoencoderKL(keras.Model):
         ):
             check_bool(name, value)
         check_seed(seed)
+        check_float_dtype("dtype", dtype)
         super().__init__(dtype=dtype, **kwargs)
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -663,6 +672,7 @@ class AutoencoderKL(keras.Model):
         model's own generator (fresh noise on every call).
         """
         check_bool("sample", sample)
+        check_seed(seed, allow_generator=True)
         mean, logvar = self.encode_moments(images, batch_size=batch_size)
         if sample:
             mean = sample_posterior(mean, logvar, self.seed_generator if seed is None else seed)

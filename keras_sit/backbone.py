@@ -13,7 +13,15 @@ from keras import ops
 
 from keras_sit.functions import output_size
 from keras_sit.layers import FinalLayer, LabelEmbedding, PatchEmbedding, SiTBlock, TimestepEmbedding, Unpatchify
-from keras_sit.validation import check_bool, check_number, check_positive_int, keyword_defaults
+from keras_sit.validation import (
+    check_bool,
+    check_float_dtype,
+    check_image_shape,
+    check_number,
+    check_positive_int,
+    check_seed,
+    keyword_defaults,
+)
 
 
 def validate_architecture(config):
@@ -37,18 +45,14 @@ def validate_architecture(config):
             raise ValueError(f"`hidden_size` must be even for vector inputs (1-D sin-cos table); got {hidden_size}.")
         data_shape = (int(input_dim),)
     else:
-        if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3:
-            raise ValueError(f"`input_shape` must be (height, width, channels); got {input_shape!r}.")
-        for name, value in zip(("height", "width", "channels"), input_shape):
-            check_positive_int(f"input_shape {name}", value)
-        height, width, _ = input_shape
+        data_shape = check_image_shape("input_shape", input_shape)
+        height, width, _ = data_shape
         if height % patch_size or width % patch_size:
             raise ValueError(
                 f"`input_shape` height and width ({height}, {width}) must be divisible by `patch_size` ({patch_size})."
             )
         if hidden_size % 4:
             raise ValueError(f"`hidden_size` must be divisible by 4 for images (2-D sin-cos table); got {hidden_size}.")
-        data_shape = tuple(int(v) for v in input_shape)
     if hidden_size % num_heads:
         raise ValueError(f"`hidden_size` ({hidden_size}) must be divisible by `num_heads` ({num_heads}).")
     check_number("mlp_ratio", config["mlp_ratio"], low=0.0, include_low=False)
@@ -99,6 +103,8 @@ class SiTBackbone(keras.Model):
         arguments = locals()
         architecture = {name: arguments[name] for name in ARCHITECTURE_DEFAULTS}
         data_shape = validate_architecture(architecture)
+        check_seed(seed)
+        check_float_dtype("dtype", dtype)
         # === Layers === (attributes only after `super().__init__`, which torch requires)
         patch_embedding = PatchEmbedding(patch_size, hidden_size, dtype=dtype, name="x_embedder")
         time_embedding = TimestepEmbedding(hidden_size, time_scale=float(num_steps), dtype=dtype, name="t_embedder")

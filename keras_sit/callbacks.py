@@ -32,6 +32,8 @@ class SampleGrid(keras.callbacks.Callback):
 
     def __init__(self, path, per_class=8, max_rows=10, every=1, seed=0, **generate_kwargs):
         super().__init__()
+        if not isinstance(path, str):
+            raise TypeError(f"`path` must be a str with `{{epoch}}` in it; got {path!r}.")
         if "{epoch" not in path:
             raise ValueError(f"`path` must contain `{{epoch}}` so grids do not overwrite each other; got {path!r}.")
         for name, value in (("per_class", per_class), ("max_rows", max_rows), ("every", every)):

@@ -25,7 +25,7 @@ so the constructors raise on other backends; see docs/distribution.md for
 
 import keras
 
-from keras_sit.validation import check_positive_int
+from keras_sit.validation import check_number, check_positive_int
 
 # Megatron-style tensor parallelism. Each pair of matmuls splits the hidden
 # features between devices: the first is column-parallel (kernel and bias split
@@ -133,6 +133,8 @@ def model_parallel(
             raise ValueError(f"`{name}` must be a non-empty string; got {axis!r}.")
     if batch_axis == model_axis:
         raise ValueError(f"`batch_axis` and `model_axis` must differ; both are {batch_axis!r}.")
+    check_positive_int("hidden_size", hidden_size, allow_none=True)
+    check_number("mlp_ratio", mlp_ratio, low=0.0, include_low=False)
     if hidden_size is not None:
         widths = {
             "`hidden_size`": hidden_size,

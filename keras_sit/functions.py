@@ -10,6 +10,15 @@ import keras
 from keras import ops
 
 from keras_sit.paths import CosinePath, LinearPath
+from keras_sit.validation import (
+    check_bool,
+    check_image_shape,
+    check_per_example,
+    check_positive_int,
+    check_same_shape,
+    check_seed,
+    shape_of,
+)
 
 _LINEAR = LinearPath()
 _COSINE = CosinePath()
@@ -41,6 +50,9 @@ def sample_interpolant_time(batch_size, seed=None, dtype="float32"):
     `seed` is an int, a `keras.random.SeedGenerator` (use one under `jit`, so
     every step draws fresh values) or None.
     """
+    if not ops.is_tensor(batch_size):  # a dynamic batch size (a tensor) has no value to check here
+        check_positive_int("batch_size", batch_size)
+    check_seed(seed, allow_generator=True)
     return keras.random.uniform((batch_size,), minval=0.0, maxval=1.0, dtype=dtype, seed=seed)
 
 
@@ -51,6 +63,9 @@ def sit_loss(pred_velocity, target_velocity, weight=None):
     mean, since every example has the same size. `weight` (shape `[B]`)
     weights each example's mean, for score/noise objectives.
     """
+    check_same_shape("target_velocity", target_velocity, "pred_velocity", pred_velocity)
+    if weight is not None:
+        check_per_example("weight", weight, shape_of(pred_velocity)[0])
     error = ops.square(ops.subtract(ops.cast(pred_velocity, "float32"), ops.cast(target_velocity, "float32")))
     if weight is None:
         return ops.mean(error)
@@ -66,5 +81,11 @@ def output_size(input_shape=None, input_dim=None, patch_size=2, learn_sigma=Fals
     """
     if (input_shape is None) == (input_dim is None):
         raise ValueError("Give exactly one of `input_shape` (H, W, C) and `input_dim` (int).")
+    check_positive_int("patch_size", patch_size)
+    check_bool("learn_sigma", learn_sigma)
+    if input_shape is None:
+        check_positive_int("input_dim", input_dim)
+    else:
+        check_image_shape("input_shape", input_shape)
     per_token = patch_size * patch_size * input_shape[-1] if input_shape is not None else patch_size
     return per_token * (2 if learn_sigma else 1)

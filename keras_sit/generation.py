@@ -30,6 +30,7 @@ from keras_sit.validation import (
     check_number,
     check_pair,
     check_positive_int,
+    check_seed,
     sampling_labels,
 )
 
@@ -300,6 +301,10 @@ class SamplingMixin:
         the prediction before any conversion, as upstream.
         """
         check_data(x_t, self.data_shape, "x_t")
+        cfg_scale = check_number("cfg_scale", cfg_scale)
+        check_positive_int("guidance_channels", guidance_channels, allow_none=True)
+        if guidance_interval is not None:
+            guidance_interval = check_pair("guidance_interval", guidance_interval, 0, 1)
         x_t = ops.convert_to_tensor(x_t)
         t = time_vector(ops.convert_to_tensor(t), x_t)
         if (labels is None) != (self.num_classes is None):
@@ -426,6 +431,7 @@ class SamplingMixin:
             rtol,
             clip_data,
         )
+        check_seed(seed)
         check_choice("verbose", verbose, (0, 1, 2))
         check_bool("return_trajectory", return_trajectory)
         labels = self._sampling_labels(labels, num_samples, settings)
@@ -516,6 +522,7 @@ class SamplingMixin:
         check_choice("divergence", divergence, ("auto", "exact", "hutchinson"))
         check_choice("probe", probe, ("rademacher", "gaussian"))
         check_positive_int("num_probes", num_probes)
+        check_seed(seed)
         weights = self._sampling_weights(use_ema)
         x = ops.convert_to_tensor(np.asarray(x, "float32"))
         dim = int(np.prod(self.data_shape))

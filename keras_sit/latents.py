@@ -36,7 +36,7 @@ import numpy as np
 from keras import ops
 
 from keras_sit.files import PARTIAL_SUFFIX, write_atomically, write_synced
-from keras_sit.validation import check_bool, check_choice, check_positive_int
+from keras_sit.validation import check_bool, check_choice, check_positive_int, check_seed
 from keras_sit.visualization import to_float
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -53,6 +53,7 @@ def center_crop(image, image_size):
     """
     from PIL import Image
 
+    check_positive_int("image_size", image_size)
     image = image.convert("RGB")
     while min(image.size) >= 2 * image_size:
         image = image.resize(tuple(side // 2 for side in image.size), resample=Image.BOX)
@@ -304,6 +305,7 @@ class LatentDataset(keras.utils.PyDataset):
             ("drop_remainder", drop_remainder),
         ):
             check_bool(name, value)
+        check_seed(seed)
         self.description = read_cache_description(directory)
         self.directory = directory
         self.batch_size, self.shuffle, self.flip, self.sample = int(batch_size), shuffle, flip, sample

@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from keras_sit import fused
+from keras_sit.validation import check_bool, check_number, check_positive_int
 
 LAYER_NORM_EPSILON = 1e-6  # official value; Keras' default is 1e-3
 
@@ -80,6 +81,8 @@ class PatchEmbedding(keras.layers.Layer):
     """
 
     def __init__(self, patch_size, hidden_size, **kwargs):
+        check_positive_int("patch_size", patch_size)
+        check_positive_int("hidden_size", hidden_size)
         super().__init__(**kwargs)
         self.patch_size = patch_size
         self.hidden_size = hidden_size
@@ -87,6 +90,12 @@ class PatchEmbedding(keras.layers.Layer):
 
     def build(self, input_shape):
         p = self.patch_size
+        sizes = input_shape[1:3] if len(input_shape) == 4 else input_shape[1:]
+        if len(input_shape) not in (2, 4) or any(size is None or size % p for size in sizes):
+            raise ValueError(
+                "`x` must be images (batch, height, width, channels) or vectors (batch, dim), their sizes divisible "
+                f"by `patch_size` ({p}); got shape {tuple(input_shape)}."
+            )
         if len(input_shape) == 4:
             _, height, width, channels = input_shape
             self.grid = (height // p, width // p)
@@ -135,6 +144,10 @@ class Unpatchify(keras.layers.Layer):
     """
 
     def __init__(self, patch_size, data_shape, learn_sigma=False, **kwargs):
+        check_positive_int("patch_size", patch_size)
+        if not isinstance(data_shape, (tuple, list)) or len(data_shape) not in (1, 3):
+            raise ValueError(f"`data_shape` must be (height, width, channels) or (dim,); got {data_shape!r}.")
+        check_bool("learn_sigma", learn_sigma)
         super().__init__(**kwargs)
         self.patch_size = patch_size
         self.data_shape = tuple(data_shape)
@@ -191,6 +204,9 @@ class TimestepEmbedding(keras.layers.Layer):
     """
 
     def __init__(self, hidden_size, frequency_size=256, time_scale=1000.0, **kwargs):
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("frequency_size", frequency_size)
+        check_number("time_scale", time_scale, low=0.0, include_low=False)
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.frequency_size = frequency_size
@@ -234,6 +250,9 @@ class LabelEmbedding(keras.layers.Layer):
     """
 
     def __init__(self, num_classes, hidden_size, use_null_class=True, **kwargs):
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("hidden_size", hidden_size)
+        check_bool("use_null_class", use_null_class)
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.hidden_size = hidden_size
@@ -271,6 +290,10 @@ class Attention(keras.layers.Layer):
     """
 
     def __init__(self, hidden_size, num_heads, **kwargs):
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("num_heads", num_heads)
+        if hidden_size % num_heads:
+            raise ValueError(f"`hidden_size` ({hidden_size}) must be divisible by `num_heads` ({num_heads}).")
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.num_heads = num_heads
@@ -299,6 +322,8 @@ class MLP(keras.layers.Layer):
     """`Dense -> GELU (tanh approximation, as upstream) -> Dense`."""
 
     def __init__(self, hidden_size, mlp_hidden_size, **kwargs):
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("mlp_hidden_size", mlp_hidden_size)
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.mlp_hidden_size = mlp_hidden_size
@@ -330,6 +355,7 @@ class SiTBlock(keras.layers.Layer):
     """
 
     def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, **kwargs):
+        check_number("mlp_ratio", mlp_ratio, low=0.0, include_low=False)
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.num_heads = num_heads
@@ -368,6 +394,8 @@ class FinalLayer(keras.layers.Layer):
     """adaLN (shift, then scale) followed by a projection to `output_size` per token."""
 
     def __init__(self, hidden_size, output_size, **kwargs):
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("output_size", output_size)
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.output_size = output_size

@@ -28,6 +28,7 @@ from keras_sit.validation import (
     check_choice,
     check_data,
     check_finite,
+    check_float_dtype,
     check_label_values,
     check_labels,
     check_number,
@@ -86,6 +87,7 @@ class SiT(SamplingMixin, keras.Model):
         seed = random.randrange(SEED_LIMIT) if seed is None else int(seed)
         transport = Transport(**objective)
         check_choice("time_convention", time_convention, TIME_CONVENTIONS)
+        check_float_dtype("dtype", kwargs.get("dtype"))
         super().__init__(**kwargs)
         self.transport = transport
         self.time_convention = time_convention
@@ -213,6 +215,8 @@ class SiT(SamplingMixin, keras.Model):
         x, y = element_spec_inputs(x, y)
         if hasattr(x, "shape") and hasattr(x, "dtype"):
             self._check_inputs(x, y)
+            if x.shape[0] == 0:
+                raise ValueError(f"`x` must hold at least one example; got shape {tuple(x.shape)}.")
             # In-memory data can be checked by value too: NaN or Inf would turn every weight into
             # NaN, and a label outside the table would read past it (NaN on JAX, a crash elsewhere).
             if in_memory(x):

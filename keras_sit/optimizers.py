@@ -3,8 +3,10 @@
 import math
 
 import keras
+import numpy as np
 
 from keras_sit import ema, fused
+from keras_sit.validation import check_number
 
 
 @keras.saving.register_keras_serializable(package="keras_sit")
@@ -21,6 +23,26 @@ class AdamW(keras.optimizers.AdamW):
     It overrides three of Keras' private optimizer hooks and reads the Adam
     moments they manage; this class is the one place that does.
     """
+
+    def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
+        # Keras checks the types of these (schedules, callables and tensors are its to check), not their ranges.
+        for name, value, high in (
+            ("learning_rate", learning_rate, math.inf),
+            ("weight_decay", weight_decay, math.inf),
+            ("beta_1", beta_1, 1.0),
+            ("beta_2", beta_2, 1.0),
+            ("epsilon", epsilon, math.inf),
+        ):
+            if isinstance(value, (int, float, np.integer, np.floating)):
+                check_number(name, value, 0.0, high)
+        super().__init__(
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            **kwargs,
+        )
 
     def _apply_weight_decay(self, variables):
         if not fused.has_fused_adamw(variables):  # else the fused update applies it

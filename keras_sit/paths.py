@@ -15,6 +15,8 @@ import math
 import keras
 from keras import ops
 
+from keras_sit.validation import check_number, check_per_example, check_same_shape
+
 
 def per_example(values, x):
     """Per-example values `[B]` reshaped to `[B, 1, ..., 1]`, to broadcast against `x`."""
@@ -22,7 +24,8 @@ def per_example(values, x):
 
 
 def broadcast_time(t, x):
-    """Per-example times `[B]` as `[B, 1, ..., 1]` in `x`'s dtype."""
+    """Per-example times `[B]` (or one scalar time) as `[B, 1, ..., 1]` in `x`'s dtype."""
+    check_per_example("t", t, x.shape[0])
     return per_example(ops.cast(t, x.dtype), x)
 
 
@@ -32,13 +35,9 @@ def time_vector(t, x):
     `t` is a scalar (Python or tensor: one time for the whole batch) or
     already `[B]`.
     """
-    batch = x.shape[0]
     if len(getattr(t, "shape", ())) == 0:
         return ops.cast(t, x.dtype) * ops.ones((ops.shape(x)[0],), x.dtype)
-    if batch is not None and tuple(t.shape) != (batch,):
-        raise ValueError(
-            f"`t` must be a scalar or have shape ({batch},), one time per example; got shape {tuple(t.shape)}."
-        )
+    check_per_example("t", t, x.shape[0])
     return ops.cast(t, x.dtype)
 
 
@@ -65,11 +64,13 @@ class Path:
 
     def interpolate(self, x, noise, t):
         """`x_t = alpha(t) x + beta(t) noise`, with `t` of shape `[B]`."""
+        check_same_shape("noise", noise, "x", x)
         t = broadcast_time(t, x)
         return ops.add(ops.multiply(self.alpha(t), x), ops.multiply(self.beta(t), noise))
 
     def velocity(self, x, noise, t):
         """`d x_t / dt = alpha'(t) x + beta'(t) noise`: the velocity target."""
+        check_same_shape("noise", noise, "x", x)
         t = broadcast_time(t, x)
         return ops.add(ops.multiply(self.d_alpha(t), x), ops.multiply(self.d_beta(t), noise))
 
@@ -133,8 +134,8 @@ class VPPath(Path):
     """
 
     def __init__(self, beta_min=0.1, beta_max=20.0):
-        self.beta_min = float(beta_min)
-        self.beta_max = float(beta_max)
+        self.beta_min = check_number("beta_min", beta_min, low=0.0)
+        self.beta_max = check_number("beta_max", beta_max, low=self.beta_min, include_low=False)
 
     def _rate(self, t):
         return ops.add(self.beta_min, ops.multiply(t, self.beta_max - self.beta_min))

@@ -96,6 +96,7 @@ class LatentSiT(SiT):
             `(images, trajectory)` with the trajectory in latent space.
         """
         check_choice("output", output, OUTPUTS)
+        check_positive_int("decode_batch_size", decode_batch_size, allow_none=True)
         result = super().generate(num_samples, **kwargs)
         latents, trajectory = result if isinstance(result, tuple) else (result, None)
         images = self.decode_latents(latents, output, decode_batch_size)

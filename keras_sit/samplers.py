@@ -56,11 +56,18 @@ ODE_METHODS = {
 
 def ode_nfe(method, num_steps):
     """Number of drift evaluations of a fixed-step ODE solve."""
+    check_ode_method(method)
+    check_positive_int("num_steps", num_steps)
     return ODE_METHODS[method][1] * num_steps
 
 
 def _ode_interval(t_start, t_end, reverse):
     return (t_end, t_start) if reverse else (t_start, t_end)
+
+
+def check_ode_method(method):
+    if method not in ODE_METHODS:
+        raise ValueError(f"`method` must be one of {sorted(ODE_METHODS)}; got {method!r}.")
 
 
 def ode_step(drift, x, i, num_steps, method="euler", t_start=1.0, t_end=0.0):
@@ -69,6 +76,7 @@ def ode_step(drift, x, i, num_steps, method="euler", t_start=1.0, t_end=0.0):
     Exposed so that a caller can run the same grid one compiled step at a
     time, e.g. to show progress or keep the trajectory.
     """
+    check_ode_method(method)
     step, _ = ODE_METHODS[method]
     h = (t_end - t_start) / num_steps
     t = time_vector(t_start + ops.cast(i, "float32") * h, x)
@@ -83,8 +91,7 @@ def integrate_ode(drift, x, num_steps, method="euler", t_start=1.0, t_end=0.0, r
     runs from `t_end` to `t_start` instead: with the defaults, data to noise
     (encoding).
     """
-    if method not in ODE_METHODS:
-        raise ValueError(f"`method` must be one of {sorted(ODE_METHODS)}; got {method!r}.")
+    check_ode_method(method)
     check_positive_int("num_steps", num_steps)
     t_start, t_end = _ode_interval(t_start, t_end, reverse)
     x = ops.convert_to_tensor(x)

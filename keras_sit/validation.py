@@ -76,14 +76,39 @@ def check_pair(name, value, low=None, high=None, strict=False):
     return lo, hi
 
 
-def check_seed(seed):
-    """An int in `[0, 2**31 - 1)`, or None."""
-    if seed is None:
+def check_image_shape(name, value):
+    """`(height, width, channels)` of positive ints; returns it as a tuple of ints."""
+    if not isinstance(value, (tuple, list)) or len(value) != 3:
+        raise ValueError(f"`{name}` must be (height, width, channels); got {value!r}.")
+    for part, size in zip(("height", "width", "channels"), value):
+        check_positive_int(f"{name} {part}", size)
+    return tuple(int(size) for size in value)
+
+
+def check_seed(seed, allow_generator=False):
+    """An int in `[0, 2**31 - 1)`, or None; a `keras.random.SeedGenerator` too if `allow_generator`."""
+    if seed is None or (allow_generator and isinstance(seed, keras.random.SeedGenerator)):
         return
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"`seed` must be an int or None; got {seed!r}.")
+        kinds = "an int, a keras.random.SeedGenerator or None" if allow_generator else "an int or None"
+        raise TypeError(f"`seed` must be {kinds}; got {seed!r}.")
     if not 0 <= seed < SEED_LIMIT:
         raise ValueError(f"`seed` must be in [0, 2**31 - 1) (it seeds int32 generators); got {seed}.")
+
+
+def check_float_dtype(name, dtype):
+    """None, or a float dtype or dtype policy (`"float32"`, `"mixed_bfloat16"`, ...)."""
+    if dtype is None:
+        return
+    try:
+        policy = keras.dtype_policies.get(dtype)
+        floats = all(keras.backend.is_float_dtype(d) for d in (policy.compute_dtype, policy.variable_dtype))
+    except (TypeError, ValueError):
+        floats = False
+    if not floats:
+        raise ValueError(
+            f"`{name}` must be a float dtype or dtype policy (e.g. 'float32', 'mixed_bfloat16'); got {dtype!r}."
+        )
 
 
 def keyword_defaults(function, exclude=()):
@@ -119,25 +144,61 @@ def resolve_depth_alias(config, default_depth):
 # --- data -------------------------------------------------------------------------------
 
 
+def shape_of(x):
+    """The static shape of an array, tensor, spec or nested list, as a tuple (None where unknown)."""
+    return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+
+
+def dtype_of(x):
+    """`x`'s dtype as Keras names it, or NumPy's name for those Keras has none for (strings, objects)."""
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    try:
+        return keras.backend.standardize_dtype(dtype)
+    except ValueError:
+        return getattr(dtype, "name", str(dtype))
+
+
+def check_real_dtype(name, x):
+    """`x` holds real numbers: an int or float dtype (not bools, strings or objects)."""
+    dtype = dtype_of(x)
+    if "int" not in dtype and "float" not in dtype:
+        raise TypeError(f"`{name}` must be an array of real numbers (an int or float dtype); got dtype {dtype}.")
+
+
+def check_same_shape(name, value, like_name, like):
+    """`value` has the shape of `like` (an unknown dimension matches any)."""
+    shape, expected = shape_of(value), shape_of(like)
+    if len(shape) != len(expected) or any(a is not None and b is not None and a != b for a, b in zip(shape, expected)):
+        raise ValueError(f"`{name}` must have the shape of `{like_name}`, {expected}; got shape {shape}.")
+
+
+def check_per_example(name, value, batch):
+    """A scalar, or one value per example: shape `[batch]` (a `batch` of None matches any length)."""
+    shape = shape_of(value)
+    if shape and (len(shape) != 1 or (None not in (batch, shape[0]) and shape[0] != batch)):
+        raise ValueError(f"`{name}` must be a scalar or have shape ({batch},), one per example; got shape {shape}.")
+
+
 def check_data(x, data_shape, name):
-    """`x` is `[B, *data_shape]` (any batch size)."""
-    shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+    """`x` is `[B, *data_shape]` (any batch size) of real numbers."""
+    shape = shape_of(x)
     kind = "images (batch, height, width, channels)" if len(data_shape) == 3 else "vectors (batch, dim)"
     if len(shape) != len(data_shape) + 1 or any(s is not None and s != d for s, d in zip(shape[1:], data_shape)):
         expected = ", ".join(map(str, data_shape))
         raise ValueError(f"`{name}` must be {kind} of shape (batch, {expected}); got shape {shape}.")
+    check_real_dtype(name, x)
 
 
 def check_labels(labels, batch, name="labels"):
     """Integer class indices of shape `[B]` (or `[B, 1]`)."""
-    shape = tuple(labels.shape)
+    shape = shape_of(labels)
     if len(shape) == 2 and shape[1] == 1:
         shape = shape[:1]
     if len(shape) != 1:
         raise ValueError(f"`{name}` must be class indices of shape (batch,); got shape {shape}.")
     if shape[0] is not None and batch is not None and shape[0] != batch:
         raise ValueError(f"`{name}` must have one label per example ({batch}); got {shape[0]}.")
-    dtype = keras.backend.standardize_dtype(labels.dtype)
+    dtype = dtype_of(labels)
     if "int" not in dtype:
         raise TypeError(f"`{name}` must be integer class indices; got dtype {dtype}.")
 
@@ -173,7 +234,7 @@ def split_inputs(inputs):
     if isinstance(inputs, dict):
         unknown = set(inputs) - {"x", "labels"}
         if "x" not in inputs or unknown:
-            raise ValueError(f"Dict inputs take the keys 'x' and 'labels'; got {sorted(inputs)}.")
+            raise ValueError(f"`x` as a dict must have the key 'x' and optionally 'labels'; got keys {sorted(inputs)}.")
         return inputs["x"], inputs.get("labels")
     if isinstance(inputs, (tuple, list)):
         if len(inputs) != 2:
@@ -189,7 +250,8 @@ def element_spec_inputs(x, y):
         spec = x.element_spec
         x, y = (spec[0], spec[1] if len(spec) > 1 else None) if isinstance(spec, tuple) else (spec, None)
     if isinstance(x, dict):
-        x, y = x.get("x"), x.get("labels", y)
+        x, labels = split_inputs(x)
+        y = y if labels is None else labels
     return x, y
 
 

@@ -8,6 +8,8 @@ so the library itself does not depend on them.
 
 import numpy as np
 
+from keras_sit.validation import check_pair, check_positive_int
+
 
 def to_uint8(images):
     """Images in [-1, 1] (floats, clipped) to uint8 0..255; uint8 images pass through."""
@@ -37,9 +39,10 @@ def image_grid(images, rows, pad=1, value_range=(-1.0, 1.0)):
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"`images` must be [N, height, width, channels]; got shape {images.shape}.")
-    if rows <= 0 or len(images) % rows:
+    check_positive_int("rows", rows)
+    if len(images) % rows:
         raise ValueError(f"`rows` ({rows}) must divide the number of images ({len(images)}).")
-    low, high = value_range
+    low, high = check_pair("value_range", value_range, strict=True)
     tiles = np.round((np.clip(images, low, high) - low) / (high - low) * 255.0).astype("uint8")
     height, width, channels = tiles.shape[1:]
     tiles = np.pad(tiles, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=128)
@@ -68,12 +71,14 @@ def plot_losses(history, path, title=None, metrics=None):
     `metrics` (`{name: {epoch: value}}`, e.g. `FrechetDistance.values`) adds a
     second panel beside the losses, for figures measured every few epochs.
     """
+    history = getattr(history, "history", history)
+    if not isinstance(history, dict):
+        raise TypeError(f"`history` must be a keras History or its dict of losses; got {type(history).__name__}.")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    history = getattr(history, "history", history)
     panels = 2 if metrics else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
     ax = axes[0, 0]

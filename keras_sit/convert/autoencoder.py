@@ -198,8 +198,8 @@ def _detect_format(state):
     if any(key.startswith(("encoder.down.", "encoder.mid.", "decoder.up.")) for key in state):
         return "ldm"
     raise ValueError(
-        "The checkpoint is not a KL autoencoder: it has neither diffusers keys (encoder.down_blocks.*) nor LDM keys "
-        f"(encoder.down.*). Its first keys: {sorted(state)[:5]}."
+        "`path_or_state` is not a KL autoencoder checkpoint: it has neither diffusers keys (encoder.down_blocks.*) "
+        f"nor LDM keys (encoder.down.*). Its first keys: {sorted(state)[:5]}."
     )
 
 

@@ -48,7 +48,7 @@ def read_checkpoint(path, allowed_globals=()):
             f"Refused to load `path` {path!r}: it holds objects other than tensors and containers, "
             "and unpickling them could run code."
         ) from error
-    except (KeyError, EOFError, RuntimeError, UnicodeDecodeError) as error:  # what torch raises on other bytes
+    except (KeyError, IndexError, EOFError, ValueError, RuntimeError) as error:  # what torch raises on other bytes
         raise ValueError(
             f"`path` {path!r} is not a PyTorch checkpoint (a zip archive or pickle of tensors): "
             f"reading it failed with {type(error).__name__}: {error}"

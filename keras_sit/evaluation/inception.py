@@ -29,7 +29,7 @@ import keras
 from keras import ops
 
 from keras_sit import backend
-from keras_sit.validation import check_choice
+from keras_sit.validation import check_choice, check_real_dtype
 
 INPUT_SIZE = 299  # the network's input resolution; every image is resized to it
 NUM_CLASSES = 1008  # the TF graph's classifier: 1000 ImageNet classes and 8 unused outputs
@@ -330,6 +330,7 @@ def inception_preprocess(images):
     `F.interpolate(mode="bilinear", align_corners=False)` (half-pixel
     centres, no antialiasing), then maps to `2 x - 1`.
     """
+    _check_images(images)
     x = ops.divide(ops.cast(images, "float32"), 255.0)
     x = ops.image.resize(x, (INPUT_SIZE, INPUT_SIZE), interpolation="bilinear", antialias=False)
     return ops.subtract(ops.multiply(x, 2.0), 1.0)
@@ -339,9 +340,7 @@ def _check_images(images):
     shape = tuple(images.shape) if hasattr(images, "shape") else ()
     if len(shape) != 4 or shape[-1] not in (None, 3):
         raise ValueError(f"`images` must be RGB images of shape (batch, height, width, 3); got shape {shape}.")
-    dtype = keras.backend.standardize_dtype(images.dtype)
-    if "int" not in dtype and "float" not in dtype:
-        raise TypeError(f"`images` must be integers (uint8) or floats in [0, 255]; got dtype {dtype}.")
+    check_real_dtype("images", images)
 
 
 @keras.saving.register_keras_serializable(package="keras_sit")

@@ -11,7 +11,7 @@ float32.
 
 import numpy as np
 
-from keras_sit.validation import check_bool, check_data, check_positive_int, check_seed
+from keras_sit.validation import check_bool, check_data, check_positive_int, check_real_dtype, check_seed
 
 # --- input checks --------------------------------------------------------------------------
 
@@ -19,8 +19,7 @@ from keras_sit.validation import check_bool, check_data, check_positive_int, che
 def _as_float64(name, value):
     """`value` as a float64 array; a TypeError naming `name` if it is not real numbers."""
     array = np.asarray(value)
-    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise TypeError(f"`{name}` must be an array of real numbers; got dtype {array.dtype}.")
+    check_real_dtype(name, array)
     return array.astype(np.float64)
 
 

@@ -109,6 +109,10 @@ class EvaluationSamples:
     """The chunks written by `generate_for_evaluation`, read back one at a time."""
 
     def __init__(self, directory):
+        if not os.path.isfile(os.path.join(directory, PLAN_FILE)):
+            raise ValueError(
+                f"`directory` {directory!r} holds no samples of `generate_for_evaluation` ({PLAN_FILE} is missing)."
+            )
         with open(os.path.join(directory, PLAN_FILE)) as file:
             self.plan = json.load(file)
         self.directory = directory
