@@ -17,6 +17,7 @@ from keras import ops
 
 from keras_sit import backend, ema
 from keras_sit.backbone import ARCHITECTURE_DEFAULTS, SiTBackbone
+from keras_sit.files import save_atomically
 from keras_sit.functions import sit_loss
 from keras_sit.generation import SamplingMixin
 from keras_sit.optimizers import AdamW
@@ -336,6 +337,29 @@ class SiT(SamplingMixin, keras.Model):
         ema.copy_in(ema.ema_pairs(getattr(self, "optimizer", None), "`apply_ema()`"))
 
     # --- Saving -------------------------------------------------------------
+
+    def save(self, filepath, overwrite=True, zipped=None, **kwargs):
+        """Keras' `save`, atomic: a crash while saving leaves the previous file whole.
+
+        Keras writes the `.keras` zip straight into `filepath`, so a job killed
+        mid-save would leave a truncated file where the last good checkpoint stood
+        (the one `keras.callbacks.ModelCheckpoint` rewrites every epoch). A local
+        `.keras` or `.h5` file is written beside it under a partial name, synced,
+        and renamed onto `filepath` (`keras_sit.files.replacing`). Remote paths and
+        `zipped=False` directories are saved by Keras, in place.
+        """
+        suffixes = (".keras", ".h5", ".hdf5")
+        if zipped is False or not save_atomically(filepath, overwrite, suffixes, super().save, zipped=zipped, **kwargs):
+            super().save(filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+
+    def save_weights(self, filepath, overwrite=True, **kwargs):
+        """Keras' `save_weights`, atomic like `save`: Keras writes the `.weights.h5` in place.
+
+        Sharded weights (`max_shard_size`), several files, are saved by Keras.
+        """
+        sharded = kwargs.get("max_shard_size") is not None
+        if sharded or not save_atomically(filepath, overwrite, (".weights.h5",), super().save_weights, **kwargs):
+            super().save_weights(filepath, overwrite=overwrite, **kwargs)
 
     def save_own_variables(self, store):
         # Keras saves no SeedGenerator state; keep it so that a resumed `fit`
