@@ -65,6 +65,26 @@ def per_replica_loss(loss):
     return loss
 
 
+def per_replica_draw(batch, draw):
+    """`draw(batch)`, or under a TensorFlow `tf.distribute` strategy this replica's slice of `draw(replicas * batch)`.
+
+    `draw(n)` draws random values for `n` examples from a seed generator.
+    Every replica holds the same seed state and a contiguous slice of the
+    global batch (replica 0 first), so drawing for the global batch and
+    keeping its own slice gives each replica different values, the ones one
+    device draws for that batch. JAX and PyTorch run one program over the
+    global batch and draw it whole.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()  # None in a cross-replica context
+        if context is not None and context.num_replicas_in_sync > 1:
+            start = context.replica_id_in_sync_group * batch
+            return keras.ops.take(draw(context.num_replicas_in_sync * batch), start + keras.ops.arange(batch), axis=0)
+    return draw(batch)
+
+
 def vjp(fn, x, cotangent):
     """`(fn(x), J^T cotangent)` for `J` the Jacobian of `fn` at `x`.
 

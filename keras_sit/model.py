@@ -248,8 +248,11 @@ class SiT(SamplingMixin, keras.Model):
         self._check_inputs(x, labels, symbolic_build=isinstance(x, keras.KerasTensor))
         x = ops.cast(x, "float32")
         batch = ops.shape(x)[0]
-        t = self.transport.sample_time(batch, seed=self.seed_generator)
-        noise = keras.random.normal(ops.shape(x), seed=self.seed_generator)
+        # Under tf.distribute, this replica's slice of the draws for the global batch.
+        t = backend.per_replica_draw(batch, lambda n: self.transport.sample_time(n, seed=self.seed_generator))
+        noise = backend.per_replica_draw(
+            batch, lambda n: keras.random.normal((n, *ops.shape(x)[1:]), seed=self.seed_generator)
+        )
         backbone_inputs = {"x_t": self.interpolant.interpolate(x, noise, t), "t": t}
         if self.num_classes is not None:
             labels = ops.zeros((batch,), "int32") if labels is None else ops.cast(ops.reshape(labels, (-1,)), "int32")
@@ -283,7 +286,10 @@ class SiT(SamplingMixin, keras.Model):
         """
         if self.backbone.null_class is None:
             return labels
-        drop = keras.random.uniform(ops.shape(labels), seed=self.seed_generator) < self.backbone.class_dropout_prob
+        uniform = backend.per_replica_draw(
+            ops.shape(labels)[0], lambda n: keras.random.uniform((n, *ops.shape(labels)[1:]), seed=self.seed_generator)
+        )
+        drop = uniform < self.backbone.class_dropout_prob
         return ops.where(drop, self.backbone.null_class, labels)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
