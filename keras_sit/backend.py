@@ -85,6 +85,56 @@ def per_replica_draw(batch, draw):
     return draw(batch)
 
 
+def all_replicas(flag):
+    """`flag` and-ed over the replicas of a TensorFlow `tf.distribute` strategy, else `flag`.
+
+    A step must be applied or skipped on every replica alike: each holds
+    the gradients of its own slice of the batch until the optimizer sums them.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            bad = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(flag), "float32"))
+            return tf.equal(bad, 0.0)
+    return flag
+
+
+def apply_if(condition, function, args, variables):
+    """Run `function(*args)`, which updates `variables`, only if the scalar `condition` holds.
+
+    JAX: run it and select the old or the new values, as a compiled branch
+    cannot update variables there. TensorFlow: a `tf.cond`, taken in the
+    cross-replica context under a `tf.distribute` strategy (where an update
+    is a merge call, which a replica-context branch may not make). PyTorch:
+    a Python branch, as the update is in place.
+    """
+    name = keras.backend.backend()
+    if name == "jax":
+        old = [variable.value for variable in variables]
+        function(*args)
+        for variable, value in zip(variables, old):
+            variable.assign(keras.ops.where(condition, variable.value, value))
+        return
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+
+            def in_cross_replica_context(strategy, condition, args):
+                condition = strategy.experimental_local_results(condition)[0]  # equal on every replica
+                tf.cond(condition, lambda: strategy.extended.call_for_each_replica(function, args=args), lambda: None)
+
+            context.merge_call(in_cross_replica_context, args=(condition, args))
+            return
+        tf.cond(condition, lambda: function(*args), lambda: None)
+        return
+    if bool(condition):
+        function(*args)
+
+
 def vjp(fn, x, cotangent):
     """`(fn(x), J^T cotangent)` for `J` the Jacobian of `fn` at `x`.
 

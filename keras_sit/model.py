@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_sit import backend, ema
+from keras_sit import backend, ema, step_guard
 from keras_sit.backbone import ARCHITECTURE_DEFAULTS, SiTBackbone
 from keras_sit.files import save_atomically
 from keras_sit.functions import sit_loss
@@ -97,6 +97,10 @@ class SiT(SamplingMixin, keras.Model):
         self.seed_generator = keras.random.SeedGenerator(seed, name="training_seed")
         self.sampling_seed_generator = keras.random.SeedGenerator(seed + 1, name="sampling_seed")
         self._compiled_loops = {}  # see `SamplingMixin._compiled`
+        # See `keras_sit.step_guard`: the first bad step of a `fit`, and of an `evaluate`.
+        self.training_record = step_guard.StepRecord(name="training_record")
+        self.evaluation_record = step_guard.StepRecord(name="evaluation_record")
+        self._step_flags = None  # set while a train or test step is traced
         self.built = True
 
     @classmethod
@@ -166,6 +170,7 @@ class SiT(SamplingMixin, keras.Model):
             )
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
         self._jit_compile_argument = jit_compile
+        step_guard.guard_optimizer(self)
 
     def get_compile_config(self):
         config = super().get_compile_config()
@@ -197,12 +202,34 @@ class SiT(SamplingMixin, keras.Model):
             self._check_fit_data(validation_data[0], validation_data[1] if len(validation_data) > 1 else None)
         elif validation_data is not None:
             self._check_fit_data(validation_data, None)
+        callbacks = [step_guard.StopOnBadStep(), *(kwargs.pop("callbacks", None) or [])]
+        self.training_record.restart()
         with ema.training_weights_kept(getattr(self, "optimizer", None)):
-            return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
+            history = super().fit(x, y, *args, validation_data=validation_data, callbacks=callbacks, **kwargs)
+        error = self.training_record.error("fit")
+        if error is not None:
+            raise error
+        return history
+
+    def train_on_batch(self, x, y=None, *args, **kwargs):
+        """`keras.Model.train_on_batch`; a bad batch is not applied and raises a `ValueError`."""
+        self.training_record.restart()
+        logs = super().train_on_batch(x, y, *args, **kwargs)
+        error = self.training_record.error("train_on_batch")
+        if error is not None:
+            raise error
+        return logs
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`; a batch with NaN, Inf or labels outside
+        `[0, num_classes)` raises a `ValueError` naming it."""
         self._check_fit_data(x, y)
-        return super().evaluate(x, y, *args, **kwargs)
+        self.evaluation_record.restart()
+        logs = super().evaluate(x, y, *args, **kwargs)
+        error = self.evaluation_record.error("evaluate")
+        if error is not None:
+            raise error
+        return logs
 
     def _check_fit_data(self, x, y):
         """Check arrays, tensors and `tf.data` element specs before Keras starts.
@@ -256,6 +283,9 @@ class SiT(SamplingMixin, keras.Model):
         backbone_inputs = {"x_t": self.interpolant.interpolate(x, noise, t), "t": t}
         if self.num_classes is not None:
             labels = ops.zeros((batch,), "int32") if labels is None else ops.cast(ops.reshape(labels, (-1,)), "int32")
+            # A label outside the table would read past it (NaN on JAX, a crash elsewhere): clamp it;
+            # the step that holds it is skipped (`_labels_in_range`).
+            labels = ops.clip(labels, 0, self.num_classes - 1)
             backbone_inputs["labels"] = self.drop_labels(labels) if training else labels
         outputs = {
             "pred": self.network(backbone_inputs, training=training),
@@ -296,12 +326,26 @@ class SiT(SamplingMixin, keras.Model):
         if sample_weight is not None:
             raise ValueError("`sample_weight` is not supported by SiT's objective.")
         loss = backend.per_replica_loss(sit_loss(y_pred["pred"], y_pred["target"], y_pred.get("weight")))
+        # A bad batch, or any batch after one in `fit`, gets a NaN loss, hence NaN gradients, so
+        # that the guarded optimizer skips it (`keras_sit.step_guard`).
+        valid = self._labels_in_range(x)
+        if training:
+            valid = ops.logical_and(valid, ops.logical_not(self.training_record.halted))
+        loss = loss * ops.where(valid, 1.0, float("nan"))
         # Read `self.losses` once: torch.compile traced the truth test and the
         # stack as two different lists and stacked an empty one.
         extra_losses = list(self.losses)
         if extra_losses:
             loss = loss + ops.sum(ops.stack(extra_losses))
         return loss
+
+    def _labels_in_range(self, inputs):
+        """Whether the labels of a batch's `inputs` are all in `[0, num_classes)` (True without labels)."""
+        _, labels = split_inputs(inputs)
+        if labels is None or self.num_classes is None:
+            return True
+        labels = ops.reshape(labels, (-1,))
+        return ops.all(ops.logical_and(labels >= 0, labels < self.num_classes))
 
     def _labels_into_x(self, data):
         """Keras hands labels over as `y`; the forward pass needs them in `x`."""
@@ -312,10 +356,27 @@ class SiT(SamplingMixin, keras.Model):
 
     def train_step(self, *args):
         # One method for every backend: JAX passes `(state, data)`, the others `(data,)`.
+        self._step_flags = {"training": True}
         return super().train_step(*args[:-1], self._labels_into_x(args[-1]))
 
     def test_step(self, *args):
+        self._step_flags = {"training": False}
         return super().test_step(*args[:-1], self._labels_into_x(args[-1]))
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        # Runs after the optimizer in a train step, on every backend: record a skipped step.
+        if self._step_flags is not None:
+            labels_valid = self._labels_in_range(x)
+            outputs_finite = step_guard.all_finite([y_pred["pred"], y_pred["target"]])
+            if self._step_flags["training"]:
+                record = self.training_record
+                applied = self._step_flags.get("applied", True)
+            else:
+                record = self.evaluation_record
+                applied = ops.logical_and(labels_valid, outputs_finite)
+            record.update_state(applied, labels_valid, outputs_finite)
+            self._step_flags = None
+        return super().compute_metrics(x, y, y_pred, sample_weight)
 
     # --- EMA ----------------------------------------------------------------
 
