@@ -100,7 +100,6 @@ class SiT(SamplingMixin, keras.Model):
         # See `keras_sit.step_guard`: the first bad step of a `fit`, and of an `evaluate`.
         self.training_record = step_guard.StepRecord(name="training_record")
         self.evaluation_record = step_guard.StepRecord(name="evaluation_record")
-        self._step_flags = None  # set while a train or test step is traced
         self.built = True
 
     @classmethod
@@ -356,26 +355,27 @@ class SiT(SamplingMixin, keras.Model):
 
     def train_step(self, *args):
         # One method for every backend: JAX passes `(state, data)`, the others `(data,)`.
-        self._step_flags = {"training": True}
+        step_guard.begin_step(training=True)
         return super().train_step(*args[:-1], self._labels_into_x(args[-1]))
 
     def test_step(self, *args):
-        self._step_flags = {"training": False}
+        step_guard.begin_step(training=False)
         return super().test_step(*args[:-1], self._labels_into_x(args[-1]))
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         # Runs after the optimizer in a train step, on every backend: record a skipped step.
-        if self._step_flags is not None:
-            labels_valid = self._labels_in_range(x)
-            outputs_finite = step_guard.all_finite([y_pred["pred"], y_pred["target"]])
-            if self._step_flags["training"]:
+        step = step_guard.current_step()
+        if step is not None:
+            labels_valid = backend.all_replicas(self._labels_in_range(x))
+            outputs_finite = backend.all_replicas(step_guard.all_finite([y_pred["pred"], y_pred["target"]]))
+            if step["training"]:
                 record = self.training_record
-                applied = self._step_flags.get("applied", True)
+                applied = step.get("applied", True)
             else:
                 record = self.evaluation_record
                 applied = ops.logical_and(labels_valid, outputs_finite)
             record.update_state(applied, labels_valid, outputs_finite)
-            self._step_flags = None
+            step_guard.end_step()
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
     # --- EMA ----------------------------------------------------------------

@@ -27,11 +27,30 @@ instance, the one call all three backends' train steps go through.
 """
 
 import math
+import threading
 
 import keras
 from keras import ops
 
 from keras_sit import backend
+
+# What the step being traced has found so far. Per thread: a `tf.distribute` strategy traces
+# each replica's step in a thread of its own.
+_step = threading.local()
+
+
+def begin_step(training):
+    _step.flags = {"training": training}
+
+
+def current_step():
+    """The flags of the step being traced (`"training"`, and `"applied"` once the optimizer ran), or None."""
+    return getattr(_step, "flags", None)
+
+
+def end_step():
+    _step.flags = None
+
 
 # Reasons a step is skipped, as stored in `StepRecord.reason`.
 LABELS_OUT_OF_RANGE = 1
@@ -117,7 +136,7 @@ def all_finite(tensors):
 def guard_optimizer(model):
     """Make `model.optimizer` skip every update whose gradients are not all finite.
 
-    Whether the update was applied is left in `model._step_flags["applied"]`
+    Whether the update was applied is left in `current_step()["applied"]`
     for `SiT.compute_metrics` to record. A `LossScaleOptimizer` skips
     non-finite steps itself (they are how it finds its scale), so its
     updates are not gated; the loss checks still are.
@@ -136,8 +155,8 @@ def guard_optimizer(model):
         if not optimizer.built:
             optimizer.build(variables)
         applied = backend.all_replicas(all_finite([g for g in grads if g is not None]))
-        if model._step_flags is not None:
-            model._step_flags["applied"] = applied
+        if current_step() is not None:
+            current_step()["applied"] = applied
         backend.apply_if(applied, apply, (grads, trainable_variables), variables + list(optimizer.variables))
 
     optimizer.apply = guarded_apply

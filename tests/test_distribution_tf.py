@@ -99,6 +99,39 @@ def _draws(strategy):
     return arrays | {f"one_device/{key}": keras.ops.convert_to_numpy(value) for key, value in both.items()}
 
 
+def _bad_batch(strategy):
+    """`fit` over four batches whose third has a label out of range on replica 1's slice only:
+    the error, the optimizer's iterations, and the weights against a model trained on the first two."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(2)
+    batches = [
+        (rng.normal(size=(BATCH, *ARCHITECTURE["input_shape"])).astype("float32"), np.arange(BATCH, dtype="int32") % 3)
+        for _ in range(4)
+    ]
+    batches[2][1][-1] = ARCHITECTURE["num_classes"]
+    spec = (tf.TensorSpec((BATCH, *ARCHITECTURE["input_shape"])), tf.TensorSpec((BATCH,), tf.int32))
+    models = []
+    for data in (batches, batches[:2]):
+        with strategy.scope():
+            model = keras_sit.SiT(**ARCHITECTURE, seed=0)
+            model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+        stream = tf.data.Dataset.from_generator(lambda data=data: iter(data), output_signature=spec)
+        try:
+            model.fit(stream, epochs=1, verbose=0)
+            error = ""
+        except ValueError as exception:
+            error = str(exception)
+        models.append((model, error))
+    (bad, error), (reference, _) = models
+    iterations = keras.ops.convert_to_numpy(bad.optimizer.iterations.value)
+    difference = max(
+        np.abs(keras.ops.convert_to_numpy(a) - keras.ops.convert_to_numpy(b)).max()
+        for a, b in zip(bad.weights, reference.weights, strict=True)
+    )
+    return {"error": error, "iterations": int(iterations), "difference": float(difference)}
+
+
 def _run_on_two_replicas(out_dir):
     import tensorflow as tf
 
@@ -109,6 +142,7 @@ def _run_on_two_replicas(out_dir):
     for name, strategy in [("one_device", one), ("two_replicas", two)]:
         np.savez(out_dir / f"{name}.npz", **_train(strategy))
     np.savez(out_dir / "draws.npz", **_draws(two))
+    summary["bad_batch"] = _bad_batch(two)
     (out_dir / "summary.json").write_text(json.dumps(summary))
 
 
@@ -158,3 +192,10 @@ def test_replicas_draw_their_slice_of_the_global_batch(two_replicas, key):
     first, second, one = draws[f"replica_0/{key}"], draws[f"replica_1/{key}"], draws[f"one_device/{key}"]
     assert not np.allclose(first, second)  # same inputs on both replicas: different draws
     np.testing.assert_allclose(np.concatenate([first, second]), one, rtol=1e-5, atol=1e-6)
+
+
+def test_a_bad_slice_on_one_replica_skips_the_step_on_all(two_replicas):
+    bad_batch = two_replicas["bad_batch"]
+    assert "`fit` stopped at training step 3 of this call: its labels are not all in" in bad_batch["error"]
+    assert bad_batch["iterations"] == 2
+    assert bad_batch["difference"] == 0.0
