@@ -26,11 +26,13 @@ from keras_sit.validation import (
     check_bool,
     check_choice,
     check_data,
+    check_finite,
     check_labels,
     check_number,
     check_pair,
     check_positive_int,
     check_seed,
+    in_memory,
     sampling_labels,
 )
 
@@ -61,6 +63,7 @@ class SamplingSettings:
     atol: float = 1e-6
     rtol: float = 1e-3
     clip_data: tuple | None = None
+    adaptive_control: str = "batch"
 
     def __post_init__(self):
         def normalise(name, value):
@@ -77,6 +80,7 @@ class SamplingSettings:
             normalise("clip_data", check_pair("clip_data", self.clip_data, strict=True))
         normalise("atol", check_number("atol", self.atol, low=0.0, include_low=False))
         normalise("rtol", check_number("rtol", self.rtol, low=0.0, include_low=False))
+        check_choice("adaptive_control", self.adaptive_control, samplers.DOPRI5_CONTROLS)
         check_choice("diffusion", self.diffusion, samplers.DIFFUSIONS)
         normalise("diffusion_norm", check_number("diffusion_norm", self.diffusion_norm, low=0.0))
         check_choice("last_step", self.last_step, samplers.LAST_STEPS)
@@ -169,7 +173,8 @@ def dopri5_loop(model, settings):
     lo, hi = model.transport.interval(model.transport.sample_eps)
 
     def run(x, noise, labels):
-        return samplers.dopri5(guided_drift(model, settings, labels), x, hi, lo, settings.atol, settings.rtol)[0]
+        drift = guided_drift(model, settings, labels)
+        return samplers.dopri5(drift, x, hi, lo, settings.atol, settings.rtol, control=settings.adaptive_control)[0]
 
     return run
 
@@ -209,7 +214,9 @@ def dopri5_segment(model, settings):
         width = (hi - lo) / ops.cast(n, "float32")
         t0 = hi - ops.cast(i, "float32") * width
         drift = guided_drift(model, settings, labels)
-        return samplers.dopri5(drift, x, t0, t0 - width, settings.atol, settings.rtol, direction=-1.0)
+        return samplers.dopri5(
+            drift, x, t0, t0 - width, settings.atol, settings.rtol, direction=-1.0, control=settings.adaptive_control
+        )
 
     return step
 
@@ -262,7 +269,9 @@ def encode_loop(model, settings):
     def run(x, labels):
         drift = guided_drift(model, settings, labels)
         if settings.sampler == "dopri5":
-            return samplers.dopri5(drift, x, hi, lo, settings.atol, settings.rtol, reverse=True)[0]
+            return samplers.dopri5(
+                drift, x, hi, lo, settings.atol, settings.rtol, reverse=True, control=settings.adaptive_control
+            )[0]
         return samplers.integrate_ode(drift, x, settings.num_steps, settings.sampler, hi, lo, reverse=True)
 
     return run
@@ -277,7 +286,9 @@ def likelihood_loop(model, settings):
             return model.transport.to_velocity(model.guided_output(z, t, labels), z, t)
 
         probe_list = None if probes is None else [probes[k] for k in range(probes.shape[0])]
-        return samplers.log_likelihood(velocity, x, settings.num_steps, settings.sampler, probe_list, lo, hi)[0]
+        return samplers.log_likelihood(
+            velocity, x, settings.num_steps, settings.sampler, probe_list, lo, hi, settings.adaptive_control
+        )[0]
 
     return run
 
@@ -363,6 +374,7 @@ class SamplingMixin:
         last_step_size=0.04,
         atol=1e-6,
         rtol=1e-3,
+        adaptive_control="batch",
         verbose=0,
         return_trajectory=False,
         noise=None,
@@ -385,6 +397,11 @@ class SamplingMixin:
             sampler: ODE `"euler"`, `"midpoint"`, `"heun"`, `"rk4"`, adaptive
                 `"dopri5"` (with `atol`, `rtol`; `num_steps` is then unused),
                 or SDE `"sde-euler"` (Euler-Maruyama), `"sde-heun"`.
+            adaptive_control: `"dopri5"`'s step-size control (see
+                `samplers.dopri5`): `"batch"` (default, upstream's) shares one
+                step size across the batch and needs the fewest model calls;
+                `"example"` gives each sample its own, so a sample does not
+                depend on the others in its batch.
             guidance_channels, guidance_interval: see `guided_output`.
             diffusion, diffusion_norm: SDE diffusion `w(t)`, one of
                 `samplers.DIFFUSIONS` (upstream's CLI default `"sigma"`).
@@ -430,6 +447,7 @@ class SamplingMixin:
             atol,
             rtol,
             clip_data,
+            adaptive_control,
         )
         check_seed(seed)
         check_choice("verbose", verbose, (0, 1, 2))
@@ -464,20 +482,31 @@ class SamplingMixin:
         guidance_interval=None,
         atol=1e-6,
         rtol=1e-3,
+        adaptive_control="batch",
         use_ema=None,
     ):
         """Map data to noise: the probability-flow ODE run from `t = 0` to `t = 1`.
 
         The inverse of `generate` with an ODE sampler: `generate(len(x),
         labels, noise=encode(x, labels))` gives back `x` up to solver error.
-        `sampler` is a fixed-step ODE method or `"dopri5"`; other arguments
-        as in `generate` (like it, this uses the EMA weights when there are
-        some). Returns a NumPy array shaped like `x`.
+        `sampler` is a fixed-step ODE method or `"dopri5"` (with `atol`,
+        `rtol`, `adaptive_control`); other arguments as in `generate` (like
+        it, this uses the EMA weights when there are some). Returns a NumPy
+        array shaped like `x`.
         """
         check_data(x, self.data_shape, "x")
+        if in_memory(x):
+            check_finite(x, "x")  # NaN would flow through the ODE into a NaN result
         check_choice("sampler", sampler, ODE_SAMPLERS)
         settings = SamplingSettings(
-            sampler, num_steps, cfg_scale, guidance_channels, guidance_interval, atol=atol, rtol=rtol
+            sampler,
+            num_steps,
+            cfg_scale,
+            guidance_channels,
+            guidance_interval,
+            atol=atol,
+            rtol=rtol,
+            adaptive_control=adaptive_control,
         )
         x = ops.convert_to_tensor(np.asarray(x, "float32"))
         labels = self._sampling_labels(labels, x.shape[0], settings)
@@ -494,6 +523,7 @@ class SamplingMixin:
         probe="rademacher",
         num_probes=1,
         seed=None,
+        adaptive_control="batch",
         use_ema=None,
     ):
         """Log-density of data under the model's probability-flow ODE.
@@ -505,7 +535,10 @@ class SamplingMixin:
             x: data `[B, *data_shape]`; labels: class per example for a
                 conditional model (None uses the null class).
             num_steps, sampler: a fixed-step ODE method and its steps, or
-                `"dopri5"`.
+                `"dopri5"` (at `atol=1e-6`, `rtol=1e-3`).
+            adaptive_control: `"dopri5"`'s step-size control, as in
+                `generate`; `"example"` makes each `log_p` independent of the
+                rest of the batch.
             divergence: `"exact"` (one vector-Jacobian product per dimension),
                 `"hutchinson"`, or `"auto"` (exact up to 64 dimensions).
             probe, num_probes, seed: Hutchinson probes (`"rademacher"` or
@@ -517,8 +550,10 @@ class SamplingMixin:
             example and `-log_p / (D ln 2)`.
         """
         check_data(x, self.data_shape, "x")
+        if in_memory(x):
+            check_finite(x, "x")  # NaN would flow through the ODE into a NaN result
         check_choice("sampler", sampler, ODE_SAMPLERS)
-        settings = SamplingSettings(sampler, num_steps)
+        settings = SamplingSettings(sampler, num_steps, adaptive_control=adaptive_control)
         check_choice("divergence", divergence, ("auto", "exact", "hutchinson"))
         check_choice("probe", probe, ("rademacher", "gaussian"))
         check_positive_int("num_probes", num_probes)

@@ -19,7 +19,7 @@ from keras import ops
 
 from keras_sit import backend  # the likelihood's vector-Jacobian product
 from keras_sit.paths import per_example, time_vector
-from keras_sit.validation import check_positive_int
+from keras_sit.validation import check_choice, check_positive_int
 
 
 def _euler_step(drift, x, t, h):
@@ -117,6 +117,9 @@ _DOPRI_A = (
 _DOPRI_ERROR = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
 
 
+DOPRI5_CONTROLS = ("batch", "example")
+
+
 def dopri5(
     drift,
     x,
@@ -124,23 +127,37 @@ def dopri5(
     t_end=0.0,
     atol=1e-6,
     rtol=1e-3,
-    first_step=0.05,
+    first_step=None,
     max_steps=1000,
     reverse=False,
     direction=None,
+    control="batch",
 ):
     """Adaptive Dormand-Prince 5(4) from `t_start` to `t_end`.
 
-    Each example has its own time and step size (upstream shares one
-    controller across the batch, so a sample depended on its batch-mates):
-    the loop runs until every example has arrived, and examples that have
-    arrived stand still. The error norm is the RMS over an example of
-    `err / (atol + rtol * max(|x|, |x_new|))`; a step is accepted when it is
-    at most 1. Returns `(x, nfe)`, `nfe` the drift evaluations (7 per
-    attempt, batched). `reverse=True` swaps `t_start` and `t_end`. The ends
-    may be scalar tensors (one compilation for many intervals) if `direction`
-    (+1 forward, -1 backward in time) is given.
+    The error norm is the RMS of `err / (atol + rtol * max(|x|, |x_new|))`; a
+    step is accepted when it is at most 1, and the next step is
+    `h * clip(0.9 * norm^(-1/5), 0.2, 10)` (never shorter after an accepted
+    step), as in `torchdiffeq`. `control` says over what the RMS is taken:
+
+    - `"batch"` (upstream's `torchdiffeq.odeint`): over the whole batch, so
+      the batch shares one time and step size and is accepted or rejected
+      together; a sample then depends (within the tolerance) on its
+      batch-mates.
+    - `"example"`: over each example, each with its own time and step size;
+      the loop runs until the slowest example has arrived, the others stand
+      still. A sample does not depend on its batch-mates, at the price of
+      drift evaluations for the whole batch at every attempt of any example.
+
+    The last stage of an accepted step is the first of the next (FSAL), so
+    an attempt costs 6 drift evaluations, plus 1 at the start.
+    `first_step=None` picks the first step from the drift (Hairer's
+    algorithm, as `torchdiffeq` does; 1 more evaluation). Returns `(x, nfe)`,
+    `nfe` the drift evaluations (batched). `reverse=True` swaps `t_start` and
+    `t_end`. The ends may be scalar tensors (one compilation for many
+    intervals) if `direction` (+1 forward, -1 backward in time) is given.
     """
+    check_choice("control", control, DOPRI5_CONTROLS)
     t_start, t_end = _ode_interval(t_start, t_end, reverse)
     x = ops.convert_to_tensor(x)
     if direction is None:
@@ -148,42 +165,63 @@ def dopri5(
     elif reverse:
         direction = -direction
     batch = ops.shape(x)[0]
-    t = time_vector(t_start, x)
-    h = time_vector(direction * first_step, x)
 
-    def cond(i, x, t, h, nfe):
+    def rms(values):  # [B]: per example, or the batch's one value repeated
+        mean_square = ops.mean(ops.reshape(ops.square(values), (batch, -1)), axis=1)
+        if control == "batch":
+            mean_square = ops.mean(mean_square) * ops.ones_like(mean_square)
+        return ops.sqrt(mean_square)
+
+    t = time_vector(t_start, x)
+    k1 = drift(x, t)
+    if first_step is None:
+        h, nfe = _initial_step(drift, x, t, k1, direction, atol, rtol, rms), 2
+    else:
+        h, nfe = time_vector(direction * first_step, x), 1
+
+    def cond(i, x, t, h, k1, nfe):
         remaining = ops.any(direction * (t_end - t) > 1e-7)
         return ops.logical_and(remaining, i < max_steps)
 
-    def body(i, x, t, h, nfe):
+    def body(i, x, t, h, k1, nfe):
         h = direction * ops.minimum(direction * h, direction * (t_end - t))  # land on t_end
         hb = per_example(h, x)
-        stages = []
-        for c, a in zip(_DOPRI_C, _DOPRI_A):
-            xi = x
-            for aj, kj in zip(a, stages):
-                if aj:
-                    xi = xi + hb * aj * kj
+        stages = [k1]
+        for c, a in zip(_DOPRI_C[1:], _DOPRI_A[1:]):
+            xi = x + hb * sum(aj * kj for aj, kj in zip(a, stages) if aj)
             stages.append(drift(xi, t + c * h))
-        x_new = x + hb * sum(b * k for b, k in zip(_DOPRI_A[6], stages[:6]) if b)
+        x_new = xi  # the last stage is taken at the 5th-order solution
         error = hb * sum(e * k for e, k in zip(_DOPRI_ERROR, stages) if e)
-        scale = atol + rtol * ops.maximum(ops.abs(x), ops.abs(x_new))
-        norm = ops.sqrt(ops.mean(ops.reshape(ops.square(error / scale), (batch, -1)), axis=1))
+        norm = rms(error / (atol + rtol * ops.maximum(ops.abs(x), ops.abs(x_new))))
         active = direction * (t_end - t) > 1e-7
         accept = ops.logical_and(active, norm <= 1.0)
         x = ops.where(per_example(accept, x), x_new, x)
+        k1 = ops.where(per_example(accept, x), stages[-1], k1)
         t = ops.where(accept, t + h, t)
-        factor = ops.clip(0.9 * ops.power(ops.maximum(norm, 1e-10), -0.2), 0.2, 10.0)
-        return i + 1, x, t, h * factor, nfe + 7
+        shrink = ops.where(norm <= 1.0, 1.0, 0.2)  # an accepted step is never followed by a shorter one
+        factor = ops.clip(0.9 * ops.power(ops.maximum(norm, 1e-10), -0.2), shrink, 10.0)
+        return i + 1, x, t, h * factor, k1, nfe + 6
 
-    _, x, _, _, nfe = ops.while_loop(cond, body, (0, x, t, h, 0))
+    _, x, _, _, _, nfe = ops.while_loop(cond, body, (0, x, t, h, k1, nfe))
     return x, nfe
+
+
+def _initial_step(drift, x, t, k1, direction, atol, rtol, rms):
+    """Hairer's first step (Solving ODEs I, II.4), as `torchdiffeq`'s `_select_initial_step` for order 5."""
+    scale = atol + rtol * ops.abs(x)
+    d0, d1 = rms(x / scale), rms(k1 / scale)
+    h0 = ops.where(ops.logical_or(d0 < 1e-5, d1 < 1e-5), 1e-6, 0.01 * d0 / ops.maximum(d1, 1e-30))
+    k2 = drift(x + per_example(direction * h0, x) * k1, t + direction * h0)
+    d2 = rms((k2 - k1) / scale) / h0
+    largest = ops.maximum(d1, d2)
+    h1 = ops.where(largest <= 1e-15, ops.maximum(1e-6, h0 * 1e-3), ops.power(0.01 / ops.maximum(largest, 1e-30), 1 / 5))
+    return direction * ops.minimum(100 * h0, h1)
 
 
 # --- likelihood ---------------------------------------------------------------------------
 
 
-def log_likelihood(velocity, x, num_steps=50, method="rk4", probes=None, t_start=0.0, t_end=1.0):
+def log_likelihood(velocity, x, num_steps=50, method="rk4", probes=None, t_start=0.0, t_end=1.0, control="batch"):
     """`log p(x)` in nats per example under the probability-flow ODE.
 
     Integrates `dx/dt = v(x, t)` from data (`t_start`) to noise (`t_end`)
@@ -192,7 +230,8 @@ def log_likelihood(velocity, x, num_steps=50, method="rk4", probes=None, t_start
     (one vector-Jacobian product per dimension) when `probes` is None, else
     Hutchinson's estimate `mean_k z_k^T J z_k` with the given probes
     `[K, B, *data]`, fixed for the whole solve so the ODE stays deterministic.
-    `method` is a fixed-step method or `"dopri5"`; returns `(log_p, nfe)`.
+    `method` is a fixed-step method or `"dopri5"` (with `dopri5`'s `control`);
+    returns `(log_p, nfe)`.
     """
     x = ops.cast(ops.convert_to_tensor(x), "float32")
     batch, data_shape = x.shape[0], tuple(x.shape[1:])
@@ -215,7 +254,7 @@ def log_likelihood(velocity, x, num_steps=50, method="rk4", probes=None, t_start
 
     state = ops.concatenate([ops.reshape(x, (batch, dim)), ops.zeros((batch, 1), x.dtype)], axis=1)
     if method == "dopri5":
-        state, nfe = dopri5(augmented, state, t_start, t_end)
+        state, nfe = dopri5(augmented, state, t_start, t_end, control=control)
     else:
         state, nfe = integrate_ode(augmented, state, num_steps, method, t_start, t_end), ode_nfe(method, num_steps)
     z, delta = state[:, :dim], state[:, dim]

@@ -1,5 +1,6 @@
 """Samplers on Gaussian data, whose exact velocity field and transport map are known."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -194,29 +195,88 @@ def test_guidance_channels_and_interval(rng):
         model.generate(2, labels=[0, 1], sampler="sde-euler", diffusion="cosine")
 
 
-def test_dopri5_meets_tolerance_with_fewer_evaluations_than_heun(rng):
+@pytest.mark.parametrize("control", ["batch", "example"])
+@pytest.mark.parametrize("first_step", [None, 0.05])
+def test_dopri5_meets_tolerance_with_fewer_evaluations_than_heun(control, first_step, rng):
+    """The tolerance bounds each step's error; the end point's is within 10x of it (torchdiffeq's: ~30x here)."""
     gaussian = Gaussian(CosinePath(), MU, S)
     z = rng.normal(size=(64, 2)).astype("float32")
-    x, nfe = samplers.dopri5(exact_drift(gaussian), z, atol=1e-3, rtol=1e-3)
+    tolerance = 1e-4
+    x, nfe = samplers.dopri5(exact_drift(gaussian), z, 1.0, 0.0, tolerance, tolerance, first_step, control=control)
     error, nfe = np.abs(to_numpy(x) - gaussian.transport_map(z)).max(), int(to_numpy(nfe))
-    assert error < 1e-3
+    assert error < 10 * tolerance, error
     steps = 8  # the fewest Heun steps (doubling) that reach the same error
     while endpoint_error("heun", steps, CosinePath(), z) > error:
         steps *= 2
     assert nfe < samplers.ode_nfe("heun", steps), (nfe, steps)
 
 
-def test_dopri5_reverse_and_per_example_steps(rng):
-    """Encoding runs t: 0 -> 1; one example's result does not depend on its batch-mates."""
+@pytest.mark.parametrize("control", ["batch", "example"])
+def test_dopri5_reverse_and_batch_mates(control, rng):
+    """Encoding runs t: 0 -> 1. Per-example control keeps an example's result independent of its
+    batch-mates; the batch's shared control (upstream's) steps differently with them than alone."""
     gaussian = Gaussian(LinearPath(), MU, S)
     z = rng.normal(size=(8, 2)).astype("float32")
     x = gaussian.transport_map(z).astype("float32")
-    encoded, _ = samplers.dopri5(exact_drift(gaussian), x, t_start=0.0, t_end=1.0, atol=1e-5, rtol=1e-5)
+    tolerance = dict(atol=1e-5, rtol=1e-5, control=control)
+    encoded, nfe = samplers.dopri5(exact_drift(gaussian), x, t_start=0.0, t_end=1.0, **tolerance)
     np.testing.assert_allclose(to_numpy(encoded), z, atol=1e-3)
-    alone, _ = samplers.dopri5(exact_drift(gaussian), x[:1], t_start=0.0, t_end=1.0, atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(to_numpy(alone), to_numpy(encoded)[:1], rtol=1e-6)
-    reversed_, _ = samplers.dopri5(exact_drift(gaussian), x, atol=1e-5, rtol=1e-5, reverse=True)
+    alone, nfe_alone = samplers.dopri5(exact_drift(gaussian), x[:1], t_start=0.0, t_end=1.0, **tolerance)
+    np.testing.assert_allclose(to_numpy(alone), z[:1], atol=1e-3)
+    if control == "example":
+        np.testing.assert_allclose(to_numpy(alone), to_numpy(encoded)[:1], rtol=1e-6)
+    else:
+        assert not np.array_equal(to_numpy(alone), to_numpy(encoded)[:1]), (int(nfe), int(nfe_alone))
+    reversed_, _ = samplers.dopri5(exact_drift(gaussian), x, reverse=True, **tolerance)
     np.testing.assert_allclose(to_numpy(reversed_), to_numpy(encoded), rtol=1e-6)
+
+
+def spiral(t_end, x0, decay=-0.5, turn=3.0):
+    """`dx/dt = A x` with `A = [[decay, turn], [-turn, decay]]`: its matrix and exact solution at `t_end`."""
+    a = np.array([[decay, turn], [-turn, decay]], "float32")
+    c, s = np.cos(turn * t_end), np.sin(turn * t_end)
+    return a, np.exp(decay * t_end) * x0 @ np.array([[c, -s], [s, c]], "float32")
+
+
+def test_dopri5_batch_control_matches_torchdiffeq(rng):
+    """The batch control is upstream's `torchdiffeq.odeint(method="dopri5")`: as many drift
+    evaluations (to within its overshoot of the end, which we do not take) and the same solution."""
+    import torch  # every test environment has all three frameworks (.ci/cpu-frameworks.txt)
+    import torchdiffeq  # the dev extra
+
+    x0 = (rng.normal(size=(16, 2)) * rng.uniform(0.1, 3.0, size=(16, 1))).astype("float32")
+    a, exact = spiral(2.0, x0)
+    calls, torch_calls = [], []
+
+    def drift(x, t):
+        calls.append(t)  # counts on PyTorch, where the loop runs eagerly
+        return keras.ops.matmul(x, a.T)
+
+    def torch_drift(t, y):
+        torch_calls.append(t)
+        return y @ torch.from_numpy(a.T)
+
+    for atol, rtol in ((1e-6, 1e-3), (1e-7, 1e-5)):
+        calls.clear(), torch_calls.clear()
+        x, nfe = samplers.dopri5(drift, x0, 0.0, 2.0, atol=atol, rtol=rtol, control="batch")
+        x, nfe = to_numpy(x), int(to_numpy(nfe))
+        if keras.backend.backend() == "torch":
+            assert nfe == len(calls)
+        with torch.no_grad():
+            y = torchdiffeq.odeint(
+                torch_drift, torch.from_numpy(x0), torch.tensor([0.0, 2.0]), method="dopri5", atol=atol, rtol=rtol
+            )[-1].numpy()
+        assert len(torch_calls) / 1.5 <= nfe <= 1.2 * len(torch_calls), (nfe, len(torch_calls))
+        scale = np.abs(exact).max()
+        assert np.abs(x - exact).max() < 20 * rtol * scale, np.abs(x - exact).max()
+        np.testing.assert_allclose(x, y, atol=20 * rtol * scale)
+
+
+def test_dopri5_control_is_validated():
+    with pytest.raises(ValueError, match="`control` must be one of"):
+        samplers.dopri5(lambda x, t: x, np.ones((2, 2), "float32"), control="global")
+    with pytest.raises(ValueError, match="`adaptive_control` must be one of"):
+        tiny_sit().generate(2, sampler="dopri5", adaptive_control="global")
 
 
 def gaussian_log_density(x):
