@@ -214,9 +214,7 @@ def check_finite(x, name):
     if np.issubdtype(values.dtype, np.floating):
         bad = np.size(values) - np.count_nonzero(np.isfinite(values))
         if bad:
-            raise ValueError(
-                f"`{name}` holds {bad} non-finite values (NaN or Inf); training on them would make every weight NaN."
-            )
+            raise ValueError(f"`{name}` holds {bad} non-finite values (NaN or Inf); it must be finite.")
 
 
 def check_label_values(labels, num_classes, name="labels"):
