@@ -205,18 +205,14 @@ class SiT(SamplingMixin, keras.Model):
         self.training_record.restart()
         with ema.training_weights_kept(getattr(self, "optimizer", None)):
             history = super().fit(x, y, *args, validation_data=validation_data, callbacks=callbacks, **kwargs)
-        error = self.training_record.error("fit")
-        if error is not None:
-            raise error
+        self.training_record.raise_if_bad("fit")
         return history
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
         """`keras.Model.train_on_batch`; a bad batch is not applied and raises a `ValueError`."""
         self.training_record.restart()
         logs = super().train_on_batch(x, y, *args, **kwargs)
-        error = self.training_record.error("train_on_batch")
-        if error is not None:
-            raise error
+        self.training_record.raise_if_bad("train_on_batch")
         return logs
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
@@ -225,9 +221,7 @@ class SiT(SamplingMixin, keras.Model):
         self._check_fit_data(x, y)
         self.evaluation_record.restart()
         logs = super().evaluate(x, y, *args, **kwargs)
-        error = self.evaluation_record.error("evaluate")
-        if error is not None:
-            raise error
+        self.evaluation_record.raise_if_bad("evaluate")
         return logs
 
     def _check_fit_data(self, x, y):

@@ -98,6 +98,12 @@ class StepRecord(keras.metrics.Metric):
     def result(self):
         return {}
 
+    def raise_if_bad(self, what):
+        """Raise the `ValueError` describing the recorded bad step of `what` (`"fit"`, ...), if any."""
+        error = self.error(what)
+        if error is not None:
+            raise error
+
     def error(self, what):
         """A `ValueError` describing the recorded bad step of `what`, or None."""
         bad_step = int(ops.convert_to_numpy(self.bad_step))

@@ -9,6 +9,7 @@ import pytest
 import keras_sit
 
 BACKEND = keras.backend.backend()
+DISTRIBUTION_TESTS = {"test_distribution_devices.py": "jax", "test_distribution_tf.py": "tensorflow"}
 
 if BACKEND == "jax":
     import jax
@@ -21,8 +22,8 @@ if BACKEND == "jax":
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-# Its subprocess is JAX whatever the backend of this run, so one run (the JAX one) covers it.
-collect_ignore = [] if BACKEND == "jax" else ["test_distribution_devices.py"]
+# Their subprocesses are JAX or TensorFlow whatever the backend of this run, so one run covers each.
+collect_ignore = [name for name, backend in DISTRIBUTION_TESTS.items() if backend != BACKEND]
 
 
 def tiny_sit(**overrides):

@@ -17,8 +17,6 @@ import pytest
 
 import keras_sit
 
-pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute")
-
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 ARCHITECTURE = dict(
