@@ -56,13 +56,8 @@ def per_replica_loss(loss):
     `compute_loss` must divide by their number (Keras' own does); JAX and
     PyTorch run one program over the global batch and need nothing.
     """
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if replicas > 1:
-            return loss / replicas
-    return loss
+    context = _replica_context()
+    return loss if context is None else loss / context.num_replicas_in_sync
 
 
 def per_replica_draw(batch, draw):
@@ -75,14 +70,11 @@ def per_replica_draw(batch, draw):
     device draws for that batch. JAX and PyTorch run one program over the
     global batch and draw it whole.
     """
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        context = tf.distribute.get_replica_context()  # None in a cross-replica context
-        if context is not None and context.num_replicas_in_sync > 1:
-            start = context.replica_id_in_sync_group * batch
-            return keras.ops.take(draw(context.num_replicas_in_sync * batch), start + keras.ops.arange(batch), axis=0)
-    return draw(batch)
+    context = _replica_context()
+    if context is None:
+        return draw(batch)
+    start = context.replica_id_in_sync_group * batch
+    return keras.ops.take(draw(context.num_replicas_in_sync * batch), start + keras.ops.arange(batch), axis=0)
 
 
 def all_replicas(flag):
@@ -91,14 +83,13 @@ def all_replicas(flag):
     A step must be applied or skipped on every replica alike: each holds
     the gradients of its own slice of the batch until the optimizer sums them.
     """
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+    context = _replica_context()
+    if context is None:
+        return flag
+    import tensorflow as tf
 
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            bad = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(flag), "float32"))
-            return tf.equal(bad, 0.0)
-    return flag
+    bad = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(flag), "float32"))
+    return tf.equal(bad, 0.0)
 
 
 def apply_if(condition, function, args, variables):
@@ -120,8 +111,8 @@ def apply_if(condition, function, args, variables):
     if name == "tensorflow":
         import tensorflow as tf
 
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
+        context = _replica_context()
+        if context is not None:
 
             def in_cross_replica_context(strategy, condition, args):
                 condition = strategy.experimental_local_results(condition)[0]  # equal on every replica
@@ -133,6 +124,20 @@ def apply_if(condition, function, args, variables):
         return
     if bool(condition):
         function(*args)
+
+
+def _replica_context():
+    """The replica context of a TensorFlow `tf.distribute` strategy with more than one replica, else None.
+
+    None in a cross-replica context too, and always on JAX and PyTorch, which run one program
+    over the global batch.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    return context if context is not None and context.num_replicas_in_sync > 1 else None
 
 
 def vjp(fn, x, cotangent):

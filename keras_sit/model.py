@@ -202,27 +202,20 @@ class SiT(SamplingMixin, keras.Model):
         elif validation_data is not None:
             self._check_fit_data(validation_data, None)
         callbacks = [step_guard.StopOnBadStep(), *(kwargs.pop("callbacks", None) or [])]
-        self.training_record.restart()
-        with ema.training_weights_kept(getattr(self, "optimizer", None)):
-            history = super().fit(x, y, *args, validation_data=validation_data, callbacks=callbacks, **kwargs)
-        self.training_record.raise_if_bad("fit")
-        return history
+        with self.training_record.checking("fit"), ema.training_weights_kept(getattr(self, "optimizer", None)):
+            return super().fit(x, y, *args, validation_data=validation_data, callbacks=callbacks, **kwargs)
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
         """`keras.Model.train_on_batch`; a bad batch is not applied and raises a `ValueError`."""
-        self.training_record.restart()
-        logs = super().train_on_batch(x, y, *args, **kwargs)
-        self.training_record.raise_if_bad("train_on_batch")
-        return logs
+        with self.training_record.checking("train_on_batch"):
+            return super().train_on_batch(x, y, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.evaluate`; a batch with NaN, Inf or labels outside
         `[0, num_classes)` raises a `ValueError` naming it."""
         self._check_fit_data(x, y)
-        self.evaluation_record.restart()
-        logs = super().evaluate(x, y, *args, **kwargs)
-        self.evaluation_record.raise_if_bad("evaluate")
-        return logs
+        with self.evaluation_record.checking("evaluate"):
+            return super().evaluate(x, y, *args, **kwargs)
 
     def _check_fit_data(self, x, y):
         """Check arrays, tensors and `tf.data` element specs before Keras starts.
@@ -240,8 +233,7 @@ class SiT(SamplingMixin, keras.Model):
                 raise ValueError(f"`x` must hold at least one example; got shape {tuple(x.shape)}.")
             # In-memory data can be checked by value too: NaN or Inf would turn every weight into
             # NaN, and a label outside the table would read past it (NaN on JAX, a crash elsewhere).
-            if in_memory(x):
-                check_finite(x, "x")
+            check_finite(x, "x")
             if y is not None and self.num_classes is not None and in_memory(y):
                 check_label_values(y, self.num_classes, "labels")
 

@@ -26,6 +26,7 @@ Keras has no hook between the gradients and their application, so
 instance, the one call all three backends' train steps go through.
 """
 
+import contextlib
 import math
 import threading
 
@@ -98,8 +99,12 @@ class StepRecord(keras.metrics.Metric):
     def result(self):
         return {}
 
-    def raise_if_bad(self, what):
-        """Raise the `ValueError` describing the recorded bad step of `what` (`"fit"`, ...), if any."""
+    @contextlib.contextmanager
+    def checking(self, what):
+        """Record afresh for the call `what` (`"fit"`, ...) in the block; on leaving it, raise the
+        `ValueError` describing its first bad step, if there was one."""
+        self.restart()
+        yield
         error = self.error(what)
         if error is not None:
             raise error

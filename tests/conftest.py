@@ -1,5 +1,9 @@
 import atexit
+import json
+import os
+import pathlib
 import shutil
+import subprocess
 import tempfile
 
 import keras
@@ -24,6 +28,29 @@ if BACKEND == "jax":
 
 # Their subprocesses are JAX or TensorFlow whatever the backend of this run, so one run covers each.
 collect_ignore = [name for name, backend in DISTRIBUTION_TESTS.items() if backend != BACKEND]
+
+
+def run_device_script(command, out_dir, env):
+    """Run `command + [out_dir]` in a subprocess with `env` added; returns the `summary.json` and
+    every `.npz` it wrote there (under `"runs"`, by file stem).
+
+    Devices must be configured before a framework initializes them, so the multi-device tests do
+    their work in a fresh interpreter that sees this checkout first.
+    """
+    root = pathlib.Path(__file__).resolve().parent.parent
+    pythonpath = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [*command, str(out_dir)],
+        env={**os.environ, **env, "PYTHONPATH": pythonpath},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = json.loads((out_dir / "summary.json").read_text())
+    summary["runs"] = {path.stem: dict(np.load(path)) for path in out_dir.glob("*.npz")}
+    return summary
 
 
 def tiny_sit(**overrides):

@@ -10,9 +10,7 @@ the JAX run only.
 
 import contextlib
 import json
-import os
 import pathlib
-import subprocess
 import sys
 
 import keras
@@ -21,9 +19,8 @@ import pytest
 
 import keras_sit
 from keras_sit import distribution
+from tests.conftest import run_device_script
 from tests.test_distribution import expected_axes
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 ARCHITECTURE = dict(input_shape=(4, 4, 4), patch_size=2, hidden_size=16, depth=1, num_heads=2, num_classes=4, seed=0)
 BATCH, STEPS = 8, 3
@@ -85,21 +82,13 @@ def _run_on_four_devices(out_dir):
 def four_devices(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("four_devices")
     env = {
-        **os.environ,
         "KERAS_BACKEND": "jax",
         "JAX_PLATFORMS": "cpu",
         # Four virtual CPU devices; LLVM optimisation off makes the six compilations about 3x
         # faster and, being the same for all runs, leaves the comparison intact.
         "XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    done = subprocess.run(
-        [sys.executable, __file__, str(out_dir)], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    summary = json.loads((out_dir / "summary.json").read_text())
-    summary["runs"] = {name: dict(np.load(out_dir / f"{name}.npz")) for name in RUNS}
-    return summary
+    return run_device_script([sys.executable, __file__], out_dir, env)
 
 
 def test_subprocess_sees_four_devices(four_devices):

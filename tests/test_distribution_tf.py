@@ -6,9 +6,7 @@ before in this process, and the tests compare the numbers it writes.
 """
 
 import json
-import os
 import pathlib
-import subprocess
 import sys
 
 import keras
@@ -16,8 +14,7 @@ import numpy as np
 import pytest
 
 import keras_sit
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from tests.conftest import run_device_script
 
 ARCHITECTURE = dict(
     input_shape=(4, 4, 1), patch_size=2, hidden_size=16, depth=1, num_heads=2, num_classes=3, class_dropout_prob=0.1
@@ -147,20 +144,8 @@ def _run_on_two_replicas(out_dir):
 
 @pytest.fixture(scope="module")
 def two_replicas(tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("two_replicas")
-    env = {
-        **os.environ,
-        "KERAS_BACKEND": "tensorflow",
-        "CUDA_VISIBLE_DEVICES": "",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(out_dir)], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    summary = json.loads((out_dir / "summary.json").read_text())
-    summary["runs"] = {path.stem: dict(np.load(path)) for path in out_dir.glob("*.npz")}
-    return summary
+    env = {"KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": ""}
+    return run_device_script([sys.executable, "-c", _SCRIPT], tmp_path_factory.mktemp("two_replicas"), env)
 
 
 def test_subprocess_runs_two_replicas(two_replicas):
