@@ -21,14 +21,19 @@ from benchmarks.common import require_torch_backend, sit_model, training_batch
 WARMUP_STEPS = 2
 
 
-def run(preset, input_shape, num_classes, batch_size, rounds, jit_compile="best"):
-    """Train both networks alternately; print and return each one's step times in seconds."""
+def run(preset, input_shape, num_classes, batch_size, rounds, jit_compile="best", **overrides):
+    """Train both networks alternately; print and return each one's step times in seconds.
+
+    `overrides` change the preset's sizes (`hidden_size`, `depth`, `num_heads`) for both.
+    """
     require_torch_backend("alternate")
     from benchmarks.plain_torch_sit import PlainTorchTrainer
 
     models = {
-        "keras_sit (torch)": sit_model(preset, input_shape, num_classes, jit_compile),
-        "plain torch": PlainTorchTrainer.from_preset(preset, input_shape=input_shape, num_classes=num_classes),
+        "keras_sit (torch)": sit_model(preset, input_shape, num_classes, jit_compile, **overrides),
+        "plain torch": PlainTorchTrainer.from_preset(
+            preset, input_shape=input_shape, num_classes=num_classes, **overrides
+        ),
     }
     x, labels = training_batch(batch_size, input_shape, num_classes)
     for model in models.values():
@@ -40,7 +45,8 @@ def run(preset, input_shape, num_classes, batch_size, rounds, jit_compile="best"
             start = time.perf_counter()
             model.train_on_batch(x, labels)  # returns the loss as a number: the step has finished
             times[name].append(time.perf_counter() - start)
-    print(f"{preset} {input_shape} {num_classes} classes, batch {batch_size}, {rounds} rounds")
+    sizes = "".join(f", {name} {value}" for name, value in overrides.items())
+    print(f"{preset} {input_shape} {num_classes} classes{sizes}, batch {batch_size}, {rounds} rounds")
     for name, seconds in times.items():
         print(
             f"{name:>18}: mean {1e3 * np.mean(seconds):.0f} ms, median {1e3 * np.median(seconds):.0f} ms a step, "

@@ -58,6 +58,9 @@ OPTION_MODES = {
     "json": ("benchmark", "autoencoder"),
     "image_size": ("autoencoder",),
     "num_classes": ("benchmark", "alternate"),
+    "hidden_size": ("benchmark", "alternate"),
+    "depth": ("benchmark", "alternate"),
+    "num_heads": ("benchmark", "alternate"),
     "jit_compile": ("benchmark", "alternate"),
     "peak_size": ("benchmark", "kernel-floor"),
     "rounds": ("alternate",),
@@ -80,6 +83,8 @@ def build_parser():
     parser.add_argument("--input-shape", default="32,32,4", help="H,W,C")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-classes", type=int, default=1000, help="benchmark and alternate modes")
+    for name in ("hidden-size", "depth", "num-heads"):
+        parser.add_argument(f"--{name}", type=int, help="benchmark and alternate modes: override the preset's")
     parser.add_argument(
         "--jit-compile",
         default="best",
@@ -142,6 +147,12 @@ def build_parser():
         "--image-size", type=int, default=256, help="side of the images encoded and decoded"
     )
     return parser
+
+
+def size_overrides(args):
+    """The architecture sizes given on the command line, as preset overrides."""
+    sizes = {"hidden_size": args.hidden_size, "depth": args.depth, "num_heads": args.num_heads}
+    return {name: value for name, value in sizes.items() if value is not None}
 
 
 def parse_args(argv=None):
@@ -225,11 +236,13 @@ def benchmark(args):
 
         if args.precision != "float32":
             raise SystemExit("--plain-torch runs in float32 only")
-        model = PlainTorchTrainer.from_preset(args.preset, input_shape=shape, num_classes=args.num_classes)
+        model = PlainTorchTrainer.from_preset(
+            args.preset, input_shape=shape, num_classes=args.num_classes, **size_overrides(args)
+        )
         config = model.config
         backend, args.skip_sampling, args.profile = "plain torch", True, False  # training only
     else:
-        model = sit_model(args.preset, shape, args.num_classes, args.jit_compile)
+        model = sit_model(args.preset, shape, args.num_classes, args.jit_compile, **size_overrides(args))
         config = model.get_config()
     batch = args.batch_size
     x, labels = training_batch(batch, shape, args.num_classes)
@@ -406,7 +419,7 @@ def profile_block(model, batch, peak, repeats=5):
     from keras import ops
 
     from keras_sit import backend
-    from keras_sit.layers import modulate
+    from keras_sit.layers import layer_norm, modulate
 
     block = model.backbone.blocks[0] if hasattr(model.backbone, "blocks") else None
     if block is None:
@@ -426,7 +439,7 @@ def profile_block(model, batch, peak, repeats=5):
         ("block", block, lambda x, c: block(x, c), attention_flops + mlp_flops + adaln_flops),
         ("attention", block.attn, lambda x, c: block.attn(x), attention_flops),
         ("mlp", block.mlp, lambda x, c: block.mlp(x), mlp_flops),
-        ("norm+modulate", block.norm1, lambda x, c: modulate(block.norm1(x), shift, scale), 0),
+        ("norm+modulate", block, lambda x, c: modulate(layer_norm(x), shift, scale), 0),
         ("adaLN", block.adaLN_modulation, lambda x, c: block.adaLN_modulation(ops.silu(c)), adaln_flops),
     ]
     rows = []
@@ -507,7 +520,13 @@ def main(argv=None):
         from benchmarks import alternate
 
         alternate.run(
-            args.preset, parse_shape(args.input_shape), args.num_classes, args.batch_size, args.rounds, args.jit_compile
+            args.preset,
+            parse_shape(args.input_shape),
+            args.num_classes,
+            args.batch_size,
+            args.rounds,
+            args.jit_compile,
+            **size_overrides(args),
         )
         return
     if args.mode == "kernel-floor":

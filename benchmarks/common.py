@@ -32,8 +32,8 @@ def require_torch_backend(mode):
         raise SystemExit(f"--mode {mode} runs on PyTorch: run it with KERAS_BACKEND=torch (or unset)")
 
 
-def sit_model(preset, input_shape, num_classes, jit_compile="best"):
-    """keras_sit's `SiT` of `preset`, seeded and compiled with its default optimizer.
+def sit_model(preset, input_shape, num_classes, jit_compile="best", **overrides):
+    """keras_sit's `SiT` of `preset` (with `overrides`), seeded and compiled with its default optimizer.
 
     `jit_compile="best"` is XLA on JAX and TensorFlow and eager on PyTorch,
     whatever Keras' own default is on this machine.
@@ -42,7 +42,7 @@ def sit_model(preset, input_shape, num_classes, jit_compile="best"):
 
     import keras_sit
 
-    model = keras_sit.SiT.from_preset(preset, input_shape=input_shape, num_classes=num_classes, seed=0)
+    model = keras_sit.SiT.from_preset(preset, input_shape=input_shape, num_classes=num_classes, seed=0, **overrides)
     jit = JIT_COMPILE[jit_compile]
     model.compile(jit_compile=keras.backend.backend() != "torch" if jit is None else jit)
     return model

@@ -11,6 +11,7 @@ explains where the time goes.
 """
 
 import collections
+import math
 
 import keras
 
@@ -19,12 +20,28 @@ def _eager_torch():
     return keras.backend.backend() == "torch"
 
 
-def dense(layer, x):
-    """`layer(x)` for a built `keras.layers.Dense` and a 2-D `x`.
+def _on_cpu():
+    """Whether JAX or TensorFlow computes on the CPU (no GPU or TPU)."""
+    return keras.distribution.list_devices()[0].startswith("cpu")
 
-    On PyTorch, one `torch.addmm` adds the bias inside the GEMM, as
-    `torch.nn.Linear` does, instead of a matmul and a bias add over a second
-    buffer. A quantized, LoRA or activated `Dense` keeps its own `call`.
+
+def _compiling():
+    import torch
+
+    return torch.compiler.is_compiling()
+
+
+def dense(layer, x):
+    """`layer(x)` for a built `keras.layers.Dense` and an `x` of any rank.
+
+    On PyTorch, one `torch.nn.functional.linear`, as `torch.nn.Linear` runs:
+    the bias is added inside the GEMM (`addmm`) and the leading axes are
+    folded into its rows without a copy, where Keras' `Dense` makes a matmul,
+    then a bias add over a second buffer. Elsewhere a 3-D or higher `x` is
+    reshaped to one 2-D matmul around `layer`: XLA's CPU backend runs the
+    batched product, and more so its gradient, well below its matmul peak,
+    and the reshapes of contiguous tokens cost no copy. A quantized, LoRA or
+    activated `Dense` keeps its own `call`.
     """
     plain = (
         layer.bias is not None
@@ -32,13 +49,61 @@ def dense(layer, x):
         and layer.quantization_mode is None
         and not layer.lora_enabled
     )
-    if not (_eager_torch() and plain):
-        return layer(x)
-    import torch
+    if _eager_torch() and plain:
+        import torch
 
-    # `.value` inside the calling layer gives the kernel in its compute dtype (mixed precision).
-    kernel, bias = layer.kernel.value, layer.bias.value
-    return torch.addmm(bias, x.to(kernel.dtype), kernel)
+        # `.value` inside the calling layer gives the kernel in its compute dtype (mixed precision).
+        kernel, bias = layer.kernel.value, layer.bias.value
+        return torch.nn.functional.linear(x.to(kernel.dtype), kernel.T, bias)
+    if len(x.shape) <= 2:
+        return layer(x)
+    leading = x.shape[1:-1]
+    y = layer(keras.ops.reshape(x, (-1, x.shape[-1])))
+    return keras.ops.reshape(y, (-1, *leading, layer.units))
+
+
+def dot_product_attention(query, key, value):
+    """`keras.ops.dot_product_attention(query, key, value)`, unmasked, on `[B, T, heads, head_dim]`.
+
+    - PyTorch: `scaled_dot_product_attention` reads the heads-first views as
+      they are; Keras' op first copies each of the three into a contiguous
+      buffer (and its gradient back).
+    - JAX and TensorFlow on a CPU: heads-first matmuls around a float32
+      softmax. XLA's CPU backend runs a batched matmul on one core, and Keras'
+      op (tokens-first einsums) adds layout copies around those matmuls;
+      `docs/performance.md` gives the figures.
+    - Elsewhere (GPU, TPU): Keras' op, which picks the fused cuDNN or flash kernels.
+    """
+    if _eager_torch():
+        import torch
+
+        query, key, value = (tensor.transpose(1, 2) for tensor in (query, key, value))
+        return torch.nn.functional.scaled_dot_product_attention(query, key, value).transpose(1, 2)
+    if not _on_cpu():
+        return keras.ops.dot_product_attention(query, key, value)
+    ops = keras.ops
+    scale = 1.0 / math.sqrt(query.shape[-1])
+    query, key, value = (ops.transpose(tensor, (0, 2, 1, 3)) for tensor in (query, key, value))
+    scores = ops.matmul(ops.multiply(query, ops.cast(scale, query.dtype)), ops.swapaxes(key, -1, -2))
+    weights = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), value.dtype)
+    return ops.transpose(ops.matmul(weights, value), (0, 2, 1, 3))
+
+
+def all_finite(tensors):
+    """Whether every value of every float tensor in `tensors` is finite, as a boolean scalar.
+
+    On PyTorch one `torch._foreach_norm` takes each tensor's largest
+    magnitude (NaN when it holds a NaN, Inf for an Inf), instead of an
+    `isfinite` and an `all` per tensor: a training step checks every
+    gradient.
+    """
+    tensors = list(tensors)
+    if _eager_torch() and not _compiling():
+        import torch
+
+        return torch.isfinite(torch.stack(torch._foreach_norm(tensors, float("inf")))).all()
+    ops = keras.ops
+    return ops.all(ops.stack([ops.all(ops.isfinite(tensor)) for tensor in tensors]))
 
 
 def add_product(x, y, z):
@@ -63,7 +128,7 @@ def has_fused_adamw(variables):
 
     return (
         hasattr(torch, "_fused_adamw_")
-        and not torch.compiler.is_compiling()
+        and not _compiling()
         and all(v.value.device.type in ("cpu", "cuda") for v in variables)
     )
 

@@ -50,21 +50,14 @@ def modulate(x, shift, scale):
     return fused.add_product(shift[:, None, :], x, ops.add(1.0, scale[:, None, :]))
 
 
-def dense_over_tokens(dense, x):
-    """Apply a `Dense` to `[B, T, D]` tokens as one `[B * T, D]` matmul.
+def layer_norm(x):
+    """LayerNorm over the last axis without scale or offset (both are adaLN's job), in `x`'s dtype.
 
-    XLA's CPU backend runs the 3-D x 2-D product, and more so its gradient,
-    well below its matmul peak; on the flattened tokens it reaches it
-    (docs/performance.md). The reshapes of contiguous tokens cost no copy on
-    any backend.
+    A function rather than a `LayerNormalization` layer: it holds no weights,
+    and `keras.ops.layer_normalization` computes in float32 under mixed
+    precision as the layer does, without a layer call's overhead in eager mode.
     """
-    tokens = x.shape[1]
-    y = fused.dense(dense, ops.reshape(x, (-1, x.shape[-1])))
-    return ops.reshape(y, (-1, tokens, dense.units))
-
-
-def _layer_norm(dtype):
-    return keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, center=False, scale=False, dtype=dtype)
+    return ops.layer_normalization(x, epsilon=LAYER_NORM_EPSILON)
 
 
 @keras.saving.register_keras_serializable(package="keras_sit")
@@ -115,9 +108,7 @@ class PatchEmbedding(keras.layers.Layer):
 
     def call(self, x):
         tokens = patchify(x, self.patch_size)
-        return ops.add(
-            dense_over_tokens(self.projection, tokens), ops.cast(self.position_embedding, self.compute_dtype)
-        )
+        return ops.add(fused.dense(self.projection, tokens), ops.cast(self.position_embedding, self.compute_dtype))
 
     def get_config(self):
         return {**super().get_config(), "patch_size": self.patch_size, "hidden_size": self.hidden_size}
@@ -225,8 +216,8 @@ class TimestepEmbedding(keras.layers.Layer):
 
     def call(self, t):
         embedding = timestep_sinusoids(t, self.frequency_size, self.time_scale)
-        hidden = ops.silu(self.dense_in(ops.cast(embedding, self.compute_dtype)))
-        return self.dense_out(hidden)
+        hidden = ops.silu(fused.dense(self.dense_in, ops.cast(embedding, self.compute_dtype)))
+        return fused.dense(self.dense_out, hidden)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.hidden_size)
@@ -307,11 +298,11 @@ class Attention(keras.layers.Layer):
     def call(self, x):
         tokens = x.shape[1]
         head_dim = self.hidden_size // self.num_heads
-        qkv = ops.reshape(dense_over_tokens(self.qkv, x), (-1, tokens, 3, self.num_heads, head_dim))
+        qkv = ops.reshape(fused.dense(self.qkv, x), (-1, tokens, 3, self.num_heads, head_dim))
         # `unstack`, not three slices: on PyTorch each slice's gradient is a zero-filled full-size buffer.
         q, k, v = ops.unstack(qkv, num=3, axis=2)
-        out = ops.dot_product_attention(q, k, v)
-        return dense_over_tokens(self.proj, ops.reshape(out, (-1, tokens, self.hidden_size)))
+        out = fused.dot_product_attention(q, k, v)
+        return fused.dense(self.proj, ops.reshape(out, (-1, tokens, self.hidden_size)))
 
     def get_config(self):
         return {**super().get_config(), "hidden_size": self.hidden_size, "num_heads": self.num_heads}
@@ -335,7 +326,7 @@ class MLP(keras.layers.Layer):
         self.fc2.build((*input_shape[:-1], self.mlp_hidden_size))
 
     def call(self, x):
-        return dense_over_tokens(self.fc2, ops.gelu(dense_over_tokens(self.fc1, x), approximate=True))
+        return fused.dense(self.fc2, ops.gelu(fused.dense(self.fc1, x), approximate=True))
 
     def get_config(self):
         return {
@@ -360,22 +351,20 @@ class SiTBlock(keras.layers.Layer):
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.mlp_ratio = mlp_ratio
-        self.norm1 = _layer_norm(self.dtype_policy)
         self.attn = Attention(hidden_size, num_heads, dtype=self.dtype_policy, name="attn")
-        self.norm2 = _layer_norm(self.dtype_policy)
         self.mlp = MLP(hidden_size, int(hidden_size * mlp_ratio), dtype=self.dtype_policy, name="mlp")
         self.adaLN_modulation = keras.layers.Dense(6 * hidden_size, dtype=self.dtype_policy, name="adaLN_modulation")
 
     def build(self, x_shape, c_shape):
-        for layer in (self.norm1, self.attn, self.norm2, self.mlp):
-            layer.build(x_shape)
+        self.attn.build(x_shape)
+        self.mlp.build(x_shape)
         self.adaLN_modulation.build(c_shape)
 
     def call(self, x, c):
-        chunks = ops.split(self.adaLN_modulation(ops.silu(c)), 6, axis=-1)
+        chunks = ops.split(fused.dense(self.adaLN_modulation, ops.silu(c)), 6, axis=-1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = chunks
-        x = fused.add_product(x, gate_msa[:, None, :], self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
-        return fused.add_product(x, gate_mlp[:, None, :], self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        x = fused.add_product(x, gate_msa[:, None, :], self.attn(modulate(layer_norm(x), shift_msa, scale_msa)))
+        return fused.add_product(x, gate_mlp[:, None, :], self.mlp(modulate(layer_norm(x), shift_mlp, scale_mlp)))
 
     def compute_output_shape(self, x_shape, c_shape):
         return x_shape
@@ -399,18 +388,16 @@ class FinalLayer(keras.layers.Layer):
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.output_size = output_size
-        self.norm_final = _layer_norm(self.dtype_policy)
         self.linear = keras.layers.Dense(output_size, dtype=self.dtype_policy, name="linear")
         self.adaLN_modulation = keras.layers.Dense(2 * hidden_size, dtype=self.dtype_policy, name="adaLN_modulation")
 
     def build(self, x_shape, c_shape):
-        self.norm_final.build(x_shape)
         self.linear.build(x_shape)
         self.adaLN_modulation.build(c_shape)
 
     def call(self, x, c):
-        shift, scale = ops.split(self.adaLN_modulation(ops.silu(c)), 2, axis=-1)
-        return dense_over_tokens(self.linear, modulate(self.norm_final(x), shift, scale))
+        shift, scale = ops.split(fused.dense(self.adaLN_modulation, ops.silu(c)), 2, axis=-1)
+        return fused.dense(self.linear, modulate(layer_norm(x), shift, scale))
 
     def compute_output_shape(self, x_shape, c_shape):
         return (*x_shape[:-1], self.output_size)

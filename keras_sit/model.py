@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_sit import backend, ema, step_guard
+from keras_sit import backend, ema, fused, step_guard
 from keras_sit.backbone import ARCHITECTURE_DEFAULTS, SiTBackbone
 from keras_sit.files import save_atomically
 from keras_sit.functions import sit_loss
@@ -353,7 +353,7 @@ class SiT(SamplingMixin, keras.Model):
         step = step_guard.current_step()
         if step is not None:
             labels_valid = backend.all_replicas(self._labels_in_range(x))
-            outputs_finite = backend.all_replicas(step_guard.all_finite([y_pred["pred"], y_pred["target"]]))
+            outputs_finite = backend.all_replicas(fused.all_finite([y_pred["pred"], y_pred["target"]]))
             if step["training"]:
                 record = self.training_record
                 applied = step.get("applied", True)

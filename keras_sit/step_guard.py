@@ -33,7 +33,7 @@ import threading
 import keras
 from keras import ops
 
-from keras_sit import backend
+from keras_sit import backend, fused
 
 # What the step being traced has found so far. Per thread: a `tf.distribute` strategy traces
 # each replica's step in a thread of its own.
@@ -140,10 +140,6 @@ class StopOnBadStep(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def all_finite(tensors):
-    return ops.all(ops.stack([ops.all(ops.isfinite(tensor)) for tensor in tensors]))
-
-
 def guard_optimizer(model):
     """Make `model.optimizer` skip every update whose gradients are not all finite.
 
@@ -165,7 +161,7 @@ def guard_optimizer(model):
         variables = list(model.trainable_variables if trainable_variables is None else trainable_variables)
         if not optimizer.built:
             optimizer.build(variables)
-        applied = backend.all_replicas(all_finite([g for g in grads if g is not None]))
+        applied = backend.all_replicas(fused.all_finite([g for g in grads if g is not None]))
         if current_step() is not None:
             current_step()["applied"] = applied
         backend.apply_if(applied, apply, (grads, trainable_variables), variables + list(optimizer.variables))

@@ -59,29 +59,31 @@ def test_attention_matches_softmax_reference(rng):
 
 
 class _ApplyDense(keras.layers.Layer):
-    """Calls `dense_over_tokens` from inside a layer, as SiT's layers do (autocast scope included)."""
+    """Calls `fused.dense` from inside a layer, as SiT's layers do (autocast scope included)."""
 
     def __init__(self, dense, **kwargs):
         super().__init__(**kwargs)
         self.dense = dense
 
     def call(self, x):
-        return layers.dense_over_tokens(self.dense, x)
+        return fused.dense(self.dense, x)
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 @pytest.mark.parametrize("lora", [False, True], ids=["plain", "lora"])
-def test_dense_over_tokens_equals_dense(rng, policy, lora):
-    # On PyTorch a plain Dense runs as one fused addmm; a LoRA Dense must keep its own call.
+@pytest.mark.parametrize("leading", [(8,), (2, 4), (2, 2, 2)], ids=["2d", "3d", "4d"])
+def test_fused_dense_equals_dense(rng, policy, lora, leading):
+    # On PyTorch a plain Dense runs as one F.linear; a LoRA Dense must keep its own call.
     dense = keras.layers.Dense(5, dtype=policy)
     dense.build((None, 3))
     randomize(dense, rng)
     if lora:
         dense.enable_lora(2)
         dense.lora_kernel_b.assign(rng.normal(size=dense.lora_kernel_b.shape).astype("float32"))
-    x = rng.normal(size=(2, 4, 3)).astype("float32")
+    x = rng.normal(size=(*leading, 3)).astype("float32")
     expected = dense(x.reshape(8, 3))
     out = _ApplyDense(dense, dtype=policy)(x)
+    assert tuple(out.shape) == (*leading, 5)
     assert keras.backend.standardize_dtype(out.dtype) == keras.backend.standardize_dtype(expected.dtype)
     tolerance = 1e-2 if policy == "mixed_bfloat16" else 1e-6
     np.testing.assert_allclose(
@@ -90,6 +92,24 @@ def test_dense_over_tokens_equals_dense(rng, policy, lora):
         rtol=tolerance,
         atol=tolerance,
     )
+
+
+def test_fused_attention_equals_keras_attention(rng):
+    # On PyTorch the fused call reads heads-first views; Keras' op copies them first.
+    q, k, v = (keras.ops.convert_to_tensor(rng.normal(size=(2, 5, 3, 4)).astype("float32")) for _ in range(3))
+    expected = to_numpy(keras.ops.dot_product_attention(q, k, v))
+    out = fused.dot_product_attention(q, k, v)
+    assert tuple(out.shape) == (2, 5, 3, 4)
+    np.testing.assert_allclose(to_numpy(out), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
+def test_all_finite_finds_any_non_finite_value(rng, bad):
+    values = [rng.normal(size=(3, 4)).astype("float32") * 1e30, rng.normal(size=(7,)).astype("float32")]
+    if bad is not None:
+        values[1][5] = bad
+    result = fused.all_finite([keras.ops.convert_to_tensor(v) for v in values])
+    assert bool(to_numpy(result)) is (bad is None)
 
 
 @pytest.mark.parametrize("dtypes", [("float32",) * 3, ("bfloat16", "float32", "bfloat16")], ids=["float32", "mixed"])
