@@ -21,7 +21,7 @@ from benchmarks.common import require_torch_backend, sit_model, training_batch
 WARMUP_STEPS = 2
 
 
-def run(preset, input_shape, num_classes, batch_size, rounds, jit_compile="best", **overrides):
+def run(preset, input_shape, num_classes, batch_size, rounds, jit_compile="auto", **overrides):
     """Train both networks alternately; print and return each one's step times in seconds.
 
     `overrides` change the preset's sizes (`hidden_size`, `depth`, `num_heads`) for both.

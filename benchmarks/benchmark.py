@@ -87,12 +87,11 @@ def build_parser():
         parser.add_argument(f"--{name}", type=int, help="benchmark and alternate modes: override the preset's")
     parser.add_argument(
         "--jit-compile",
-        default="best",
+        default="auto",
         type=str.lower,
         choices=list(JIT_COMPILE),
-        help="benchmark and alternate modes: 'best' (default: XLA on JAX and TensorFlow, eager "
-        "PyTorch), 'auto' (Keras' choice: no XLA for TensorFlow on a CPU-only machine), 'true' or "
-        "'false' (torch: true = torch.compile)",
+        help="benchmark and alternate modes: 'auto' (default: SiT's, XLA on JAX and TensorFlow, eager "
+        "PyTorch), 'true' or 'false' (torch: true = torch.compile)",
     )
     parser.add_argument(
         "--peak-size",
@@ -268,6 +267,9 @@ def benchmark(args):
         "backend": backend,
         "device": device_name(),
         "preset": args.preset,
+        "hidden_size": config["hidden_size"],
+        "depth": config["depth"],
+        "num_heads": config["num_heads"],
         "input_shape": list(shape),
         "num_classes": args.num_classes,
         "batch_size": batch,
@@ -473,6 +475,7 @@ COLUMNS = [
     ("train_step", "step", "{}"),
     ("train_images_per_s", "train img/s", "{:.2f}"),
     ("train_fraction_of_peak", "train/peak", "{:.0%}"),
+    ("train_vs_plain_torch", "vs plain torch", "{:.2f}x"),
     ("train_compile_s", "compile s", "{:.1f}"),
     ("sample_images_per_s", "sample img/s", "{:.2f}"),
     ("sample_fraction_of_peak", "sample/peak", "{:.0%}"),
@@ -550,14 +553,24 @@ def main(argv=None):
         _write_json(args, results)
         return
     results = run_backends(args) if args.backends else [benchmark(args)]
+    add_ratio_to_plain_torch(results)
     first = results[0]
     print(
-        f"\n{first['device']}: {first['preset']} {tuple(first['input_shape'])} {first['num_classes']} classes, "
+        f"\n{first['device']}: {first['preset']} (width {first['hidden_size']}, depth {first['depth']}, "
+        f"{first['num_heads']} heads) {tuple(first['input_shape'])} {first['num_classes']} classes, "
         f"batch {first['batch_size']}, {first['precision']}, {first['parameters']:,} parameters, "
         f"{first['forward_gflop_per_image']:.2f} GFLOP/image forward"
     )
     print(table(results))
     _write_json(args, results)
+
+
+def add_ratio_to_plain_torch(results):
+    """Each row's training images/s over the plain PyTorch row's, when this run has one."""
+    plain = next((row for row in results if row["backend"] == "plain torch"), None)
+    if plain is not None:
+        for row in results:
+            row["train_vs_plain_torch"] = row["train_images_per_s"] / plain["train_images_per_s"]
 
 
 def _write_json(args, results):

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-# `--jit-compile` values -> `SiT.compile(jit_compile=...)`; "best" depends on the backend.
-JIT_COMPILE = {"best": None, "auto": "auto", "true": True, "false": False}
+# `--jit-compile` values -> `SiT.compile(jit_compile=...)`.
+JIT_COMPILE = {"auto": "auto", "true": True, "false": False}
 
 
 def parse_shape(text):
@@ -32,19 +32,15 @@ def require_torch_backend(mode):
         raise SystemExit(f"--mode {mode} runs on PyTorch: run it with KERAS_BACKEND=torch (or unset)")
 
 
-def sit_model(preset, input_shape, num_classes, jit_compile="best", **overrides):
+def sit_model(preset, input_shape, num_classes, jit_compile="auto", **overrides):
     """keras_sit's `SiT` of `preset` (with `overrides`), seeded and compiled with its default optimizer.
 
-    `jit_compile="best"` is XLA on JAX and TensorFlow and eager on PyTorch,
-    whatever Keras' own default is on this machine.
+    `jit_compile="auto"` is SiT's default: XLA on JAX and TensorFlow, eager on PyTorch.
     """
-    import keras
-
     import keras_sit
 
     model = keras_sit.SiT.from_preset(preset, input_shape=input_shape, num_classes=num_classes, seed=0, **overrides)
-    jit = JIT_COMPILE[jit_compile]
-    model.compile(jit_compile=keras.backend.backend() != "torch" if jit is None else jit)
+    model.compile(jit_compile=JIT_COMPILE[jit_compile])
     return model
 
 

@@ -126,6 +126,23 @@ def apply_if(condition, function, args, variables):
         function(*args)
 
 
+def auto_jit_compile():
+    """What SiT's `compile(jit_compile="auto")` passes to Keras.
+
+    True (XLA) on TensorFlow, which Keras' "auto" leaves off on a CPU-only
+    machine although XLA trains SiT faster there; Keras still turns it off
+    where the model or TensorFlow's op determinism does not support it. Under
+    a strategy with several replicas, and on JAX and PyTorch, Keras' "auto".
+    """
+    if keras.backend.backend() != "tensorflow":
+        return "auto"
+    import tensorflow as tf
+
+    if tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        return "auto"
+    return True
+
+
 def _replica_context():
     """The replica context of a TensorFlow `tf.distribute` strategy with more than one replica, else None.
 

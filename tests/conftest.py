@@ -26,6 +26,20 @@ if BACKEND == "jax":
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
+
+@pytest.fixture(autouse=True)
+def _tensorflow_default_without_xla(request, monkeypatch):
+    """On TensorFlow, a test's `compile()` runs without XLA unless the test asks for it.
+
+    `SiT.compile`'s "auto" turns XLA on for TensorFlow, which would compile each of the suite's
+    hundreds of tiny models for seconds and double the TensorFlow run. The XLA step is covered by
+    the tests that pass `jit_compile=True`, and the default itself by the tests marked
+    `xla_default`, which keep it.
+    """
+    if BACKEND == "tensorflow" and request.node.get_closest_marker("xla_default") is None:
+        monkeypatch.setattr(keras_sit.backend, "auto_jit_compile", lambda: "auto")
+
+
 # Their subprocesses are JAX or TensorFlow whatever the backend of this run, so one run covers each.
 collect_ignore = [name for name, backend in DISTRIBUTION_TESTS.items() if backend != BACKEND]
 

@@ -12,6 +12,7 @@ from tests.conftest import to_numpy
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 
+@pytest.mark.xla_default
 @pytest.mark.parametrize("saved_under", ["jax", "tensorflow", "torch"])
 def test_fixture_loads_with_same_outputs_optimizer_and_noise_state(saved_under):
     expected = np.load(os.path.join(FIXTURES, f"tiny_sit_{saved_under}.npz"))
@@ -19,8 +20,8 @@ def test_fixture_loads_with_same_outputs_optimizer_and_noise_state(saved_under):
     model = keras.saving.load_model(os.path.join(FIXTURES, f"tiny_sit_{saved_under}.keras"), safe_mode=True)
     assert isinstance(model, SiT) and model.backbone.learn_sigma
     # Saved with jit_compile="auto", which the loading backend resolves for itself
-    # (JAX: XLA; TensorFlow on CPU: a tf.function graph, no XLA; PyTorch: eager, not torch.compile).
-    assert model.jit_compile == {"jax": True, "tensorflow": False, "torch": False}[keras.backend.backend()]
+    # (JAX and TensorFlow, on a CPU too: XLA; PyTorch: eager, not torch.compile).
+    assert model.jit_compile == {"jax": True, "tensorflow": True, "torch": False}[keras.backend.backend()]
     velocity = to_numpy(model.velocity(expected["x"], expected["t"], expected["labels"]))
     np.testing.assert_allclose(velocity, expected["velocity"], rtol=1e-5, atol=1e-5)
     assert np.abs(velocity).max() > 0.1  # random weights: a real comparison, not zeros
