@@ -1,13 +1,16 @@
-"""Fused kernels for eager PyTorch.
+"""Each backend's fastest form of a few operations: fused kernels for eager PyTorch, and
+the forms XLA's CPU backend runs best.
 
 JAX and TensorFlow compile the training step with XLA, which fuses
 elementwise work into the surrounding matmuls. Eager PyTorch runs each Keras
-op on its own, and on a CPU every fresh output buffer's pages are faulted in
-again, so a chain of small ops costs far more than its arithmetic. Where the
-same maths exists as one PyTorch kernel, these functions call it on PyTorch
-and fall back to `keras.ops` (or the Keras layer) everywhere else, so the
-results agree across backends up to float rounding. `docs/performance.md`
-explains where the time goes.
+op on its own, each Keras op or layer call costs Python time, and on a CPU
+every fresh output buffer's pages are faulted in again, so a chain of small
+ops costs far more than its arithmetic. Where the same maths exists as one
+PyTorch kernel, these functions call it on PyTorch and fall back to
+`keras.ops` (or the Keras layer) everywhere else, so the results agree across
+backends up to float rounding. `docs/performance.md` explains where the time
+goes. This module and `keras_sit.backend` hold the library's backend-specific
+code.
 """
 
 import collections
