@@ -27,17 +27,31 @@ if BACKEND == "jax":
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-@pytest.fixture(autouse=True)
-def _tensorflow_default_without_xla(request, monkeypatch):
-    """On TensorFlow, a test's `compile()` runs without XLA unless the test asks for it.
+_AUTO_JIT_COMPILE = keras_sit.backend.auto_jit_compile
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tensorflow_tests_without_xla():
+    """On TensorFlow, the tests' `compile()` runs without XLA unless a test asks for it.
 
     `SiT.compile`'s "auto" turns XLA on for TensorFlow, which would compile each of the suite's
-    hundreds of tiny models for seconds and double the TensorFlow run. The XLA step is covered by
-    the tests that pass `jit_compile=True`, and the default itself by the tests marked
-    `xla_default`, which keep it.
+    hundreds of tiny models for seconds and double the TensorFlow run. Session-wide, so that
+    module fixtures and tests compile alike (TensorFlow draws other random numbers under XLA).
+    The XLA step is covered by the tests that pass `jit_compile=True`, and the default itself by
+    the tests marked `xla_default`.
     """
-    if BACKEND == "tensorflow" and request.node.get_closest_marker("xla_default") is None:
-        monkeypatch.setattr(keras_sit.backend, "auto_jit_compile", lambda: "auto")
+    if BACKEND != "tensorflow":
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keras_sit.backend, "auto_jit_compile", lambda: "auto")
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _xla_default(request, monkeypatch):
+    if request.node.get_closest_marker("xla_default") is not None:
+        monkeypatch.setattr(keras_sit.backend, "auto_jit_compile", _AUTO_JIT_COMPILE)
 
 
 # Their subprocesses are JAX or TensorFlow whatever the backend of this run, so one run covers each.
