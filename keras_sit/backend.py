@@ -138,9 +138,8 @@ def auto_jit_compile():
         return "auto"
     import tensorflow as tf
 
-    if tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1:
-        return "auto"
-    return True
+    # Outside any strategy scope `get_strategy()` is the default strategy, with one replica.
+    return "auto" if tf.distribute.get_strategy().num_replicas_in_sync > 1 else True
 
 
 def _replica_context():

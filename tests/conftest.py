@@ -50,6 +50,7 @@ def _tensorflow_tests_without_xla():
 
 @pytest.fixture(autouse=True)
 def _xla_default(request, monkeypatch):
+    """A test marked `xla_default` sees `SiT.compile`'s own "auto"."""
     if request.node.get_closest_marker("xla_default") is not None:
         monkeypatch.setattr(keras_sit.backend, "auto_jit_compile", _AUTO_JIT_COMPILE)
 
