@@ -312,7 +312,8 @@ def sampling(args, model, config, labels, peak):
         sample_labels = labels[:batch]
     else:
         sample_labels = np.random.default_rng(1).integers(0, args.num_classes, batch).astype("int32")
-    options = dict(labels=sample_labels, num_steps=args.sampling_steps, sampler=args.sampler, cfg_scale=args.cfg_scale)
+    options = dict(labels=sample_labels, num_steps=args.sampling_steps, sampler=args.sampler, cfg_scale=args.cfg_scale,
+                   verbose=0)  # fmt: skip
     start = time.perf_counter()
     model.generate(batch, seed=0, **options)  # compiles the loop
     first_s = time.perf_counter() - start

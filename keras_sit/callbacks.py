@@ -40,7 +40,7 @@ class SampleGrid(keras.callbacks.Callback):
             check_positive_int(name, value)
         check_seed(seed)
         self.path, self.per_class, self.max_rows, self.every, self.seed = path, per_class, max_rows, every, seed
-        self.generate_kwargs = generate_kwargs
+        self.generate_kwargs = {"verbose": 0, **generate_kwargs}  # no bar inside fit's
 
     def on_train_begin(self, logs=None):
         model = self.model
@@ -82,7 +82,7 @@ class FrechetDistance(keras.callbacks.Callback):
             raise TypeError(f"`feature_extractor` must be callable; got {type(feature_extractor).__name__}.")
         self.real_images = to_uint8(real_images)
         self.feature_extractor, self.num_samples, self.every = feature_extractor, num_samples, every
-        self.name, self.seed, self.generate_kwargs = name, seed, generate_kwargs
+        self.name, self.seed, self.generate_kwargs = name, seed, {"verbose": 0, **generate_kwargs}
         self.values = {}
         self._real = None
 

@@ -27,11 +27,13 @@ from keras_sit.validation import (
     check_choice,
     check_data,
     check_finite,
+    check_label_values,
     check_labels,
     check_number,
     check_pair,
     check_positive_int,
     check_seed,
+    in_memory,
     sampling_labels,
 )
 
@@ -94,7 +96,7 @@ class SamplingSettings:
 
 
 def _guided_output(model, settings, labels, x, t):
-    return model.guided_output(x, t, labels, settings.cfg_scale, settings.guidance_channels, settings.guidance_interval)
+    return model._guide(x, t, labels, settings.cfg_scale, settings.guidance_channels, settings.guidance_interval)
 
 
 def guided_drift(model, settings, labels):
@@ -282,7 +284,7 @@ def likelihood_loop(model, settings):
 
     def run(x, labels, probes):
         def velocity(z, t):
-            return model.transport.to_velocity(model.guided_output(z, t, labels), z, t)
+            return model.transport.to_velocity(model._guide(z, t, labels, 1.0), z, t)
 
         probe_list = None if probes is None else [probes[k] for k in range(probes.shape[0])]
         return samplers.log_likelihood(
@@ -303,12 +305,14 @@ class SamplingMixin:
     def guided_output(self, x_t, t, labels=None, cfg_scale=1.0, guidance_channels=None, guidance_interval=None):
         """The network's raw prediction at `(x_t, t)`, with classifier-free guidance.
 
-        With `cfg_scale != 1` the batch is doubled with the null class and
-        `out = uncond + cfg_scale * (cond - uncond)`, on every channel, or on
-        the first `guidance_channels` only (upstream guides 3 of 4 latent
-        channels; the rest keep the conditional output). `guidance_interval`
-        `(lo, hi)` guides only examples whose `t` lies in it. Guidance acts on
-        the prediction before any conversion, as upstream.
+        `labels` are class indices in `[0, num_classes)`; None on a
+        class-conditional model asks for its unconditional prediction (the
+        null class). With `cfg_scale != 1` the batch is doubled with the null
+        class and `out = uncond + cfg_scale * (cond - uncond)`, on every
+        channel, or on the first `guidance_channels` only (upstream guides 3
+        of 4 latent channels; the rest keep the conditional output).
+        `guidance_interval` `(lo, hi)` guides only examples whose `t` lies in
+        it. Guidance acts on the prediction before any conversion, as upstream.
         """
         check_data(x_t, self.data_shape, "x_t")
         cfg_scale = check_number("cfg_scale", cfg_scale)
@@ -316,19 +320,28 @@ class SamplingMixin:
         if guidance_interval is not None:
             guidance_interval = check_pair("guidance_interval", guidance_interval, 0, 1)
         x_t = ops.convert_to_tensor(x_t)
+        if labels is None and self.num_classes is not None:
+            labels = sampling_labels(None, x_t.shape[0], self.num_classes, self.backbone.null_class)
+        elif labels is not None:
+            if self.num_classes is None:
+                raise ValueError("`labels` are not accepted: this SiT is unconditional (num_classes=None).")
+            check_labels(labels, x_t.shape[0])
+            if in_memory(labels):
+                check_label_values(labels, self.num_classes)
+        return self._guide(x_t, t, labels, cfg_scale, guidance_channels, guidance_interval)
+
+    def _guide(self, x_t, t, labels, cfg_scale, guidance_channels=None, guidance_interval=None):
+        """`guided_output` on checked arguments; `labels` may hold the null class (the loops' unconditional case)."""
         t = time_vector(ops.convert_to_tensor(t), x_t)
-        if (labels is None) != (self.num_classes is None):
-            raise ValueError(
-                f"`labels` are {'required' if labels is None else 'not accepted'}: "
-                f"this SiT has num_classes={self.num_classes} (use the null class {self.backbone.null_class} "
-                "for unconditional predictions of a conditional model)."
-            )
         if labels is None:
             return self.network({"x_t": x_t, "t": t})
-        check_labels(labels, x_t.shape[0])
         labels = ops.convert_to_tensor(labels)
         if cfg_scale == 1.0:
             return self.network({"x_t": x_t, "t": t, "labels": labels})
+        if self.backbone.null_class is None:
+            raise ValueError(
+                "`cfg_scale` != 1 needs a model with a null class (num_classes set and class_dropout_prob > 0)."
+            )
         null = ops.full_like(labels, self.backbone.null_class)
         both = self.network(
             {
@@ -374,7 +387,7 @@ class SamplingMixin:
         atol=1e-6,
         rtol=1e-3,
         adaptive_control="batch",
-        verbose=0,
+        verbose="auto",
         return_trajectory=False,
         noise=None,
         clip_data=None,
@@ -406,8 +419,10 @@ class SamplingMixin:
                 `samplers.DIFFUSIONS` (upstream's CLI default `"sigma"`).
             last_step, last_step_size: the SDE's noiseless final step (None,
                 `"mean"`, `"tweedie"`, `"euler"`) and its size.
-            verbose: 1 shows a `keras.utils.Progbar` over the steps with the
-                running NFE (0, the default, shows nothing).
+            verbose: `"auto"` (the default) is 1, as in Keras' `predict`: a
+                `keras.utils.Progbar` over the steps with the running NFE; 2
+                prints one line at the end; 0 shows nothing and runs the
+                whole loop as one compiled call, the fastest way.
             return_trajectory: also return the states along the way.
             noise: the initial state at `t = 1`, `[num_samples, *data_shape]`
                 (e.g. from `encode`); None draws it from `seed`.
@@ -419,8 +434,8 @@ class SamplingMixin:
                 None (default) when the model has one, True requires it,
                 False uses the training weights.
 
-        With neither `verbose` nor `return_trajectory`, the whole loop is one
-        compiled call. With either, one compiled step is called per step (the
+        With `verbose=0` and no `return_trajectory`, the whole loop is one
+        compiled call. Otherwise one compiled step is called per step (the
         same grid, so the same samples up to float rounding), and `"dopri5"`
         solves `num_steps` equal segments when keeping the trajectory (one
         otherwise).
@@ -449,7 +464,8 @@ class SamplingMixin:
             adaptive_control,
         )
         check_seed(seed)
-        check_choice("verbose", verbose, (0, 1, 2))
+        check_choice("verbose", verbose, ("auto", 0, 1, 2))
+        verbose = 1 if verbose == "auto" else verbose
         check_bool("return_trajectory", return_trajectory)
         labels = self._sampling_labels(labels, num_samples, settings)
         if noise is not None:

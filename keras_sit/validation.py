@@ -258,8 +258,9 @@ def element_spec_inputs(x, y):
 def sampling_labels(labels, num_samples, num_classes, null_class):
     """Labels for sampling as an int32 NumPy array `[num_samples]`, or None.
 
-    An int is one class for every sample; None means the null class for a
-    conditional model (which must have one).
+    An int is one class for every sample. Classes lie in `[0, num_classes)`:
+    the null class is not a label. None asks a conditional model (which must
+    have a null class) for unconditional samples, and gives the null class.
     """
     if num_classes is None:
         if labels is not None:
@@ -268,7 +269,7 @@ def sampling_labels(labels, num_samples, num_classes, null_class):
     if labels is None:
         if null_class is None:
             raise ValueError("This conditional SiT has no null class (class_dropout_prob=0): `labels` are required.")
-        labels = null_class
+        return np.full((num_samples,), null_class, "int32")
     labels = np.asarray(labels)
     if labels.ndim == 0:
         labels = np.full((num_samples,), labels)
@@ -276,7 +277,9 @@ def sampling_labels(labels, num_samples, num_classes, null_class):
         raise TypeError(f"`labels` must be integers; got dtype {labels.dtype}.")
     if labels.shape != (num_samples,):
         raise ValueError(f"`labels` must have shape ({num_samples},) (one per sample); got {labels.shape}.")
-    top = num_classes if null_class is None else num_classes + 1
-    if labels.min() < 0 or labels.max() >= top:
-        raise ValueError(f"`labels` must lie in [0, {num_classes}); got values in [{labels.min()}, {labels.max()}].")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(
+            f"`labels` must lie in [0, {num_classes}); got values in [{labels.min()}, {labels.max()}] "
+            "(for unconditional samples pass `labels=None`)."
+        )
     return labels.astype("int32")

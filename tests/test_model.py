@@ -261,7 +261,7 @@ def test_generate_shapes_seed_and_guidance(rng):
     t = np.array([0.3, 0.8], "float32")
     y = np.array([1, 2], "int32")
     cond = to_numpy(model.velocity(x, t, y))
-    uncond = to_numpy(model.velocity(x, t, np.array([3, 3], "int32")))
+    uncond = to_numpy(model.velocity(x, t))  # labels=None: the null class
     np.testing.assert_allclose(
         to_numpy(model.velocity(x, t, y, cfg_scale=3.0)), uncond + 3.0 * (cond - uncond), rtol=1e-4, atol=1e-5
     )
@@ -330,8 +330,8 @@ def test_bad_velocity_arguments(rng):
         model.velocity(x[:, :2], np.zeros(2, "float32"), np.zeros(2, "int32"))
     with pytest.raises(ValueError, match=r"`t` must be a scalar or have shape \(2,\)"):
         model.velocity(x, np.zeros((2, 1), "float32"), np.zeros(2, "int32"))
-    with pytest.raises(ValueError, match="`labels` are required"):
-        model.velocity(x, np.zeros(2, "float32"))
+    with pytest.raises(ValueError, match=r"`labels` must lie in \[0, 3\)"):
+        model.velocity(x, np.zeros(2, "float32"), np.array([0, 3], "int32"))  # 3 is the null class
     with pytest.raises(ValueError, match="`labels` must have one label per example"):
         model.velocity(x, np.zeros(2, "float32"), np.zeros(3, "int32"))
     with pytest.raises(ValueError, match="`labels` are not accepted"):

@@ -114,7 +114,7 @@ def test_trajectory_and_progress_bar_follow_the_compiled_loop(sampler, extra, rn
     options = dict(labels=[0, 1, 2], num_steps=4, cfg_scale=2.0, sampler=sampler, seed=3)
     if sampler == "sde-heun":
         options["last_step"] = None
-    samples = model.generate(3, **options)
+    samples = model.generate(3, **options, verbose=0)  # one compiled call
     stepped, trajectory = model.generate(3, **options, return_trajectory=True, verbose=1)
     assert trajectory.shape == (4 + 1 + extra, 3, 4, 4, 2)
     np.testing.assert_allclose(stepped, samples, rtol=1e-5, atol=1e-5)
@@ -124,6 +124,18 @@ def test_trajectory_and_progress_bar_follow_the_compiled_loop(sampler, extra, rn
     if not sampler.startswith("sde"):  # an ODE is fixed by its initial noise
         again = model.generate(3, **{**options, "seed": None}, noise=trajectory[0])
         np.testing.assert_allclose(again, samples, rtol=1e-5, atol=1e-5)
+
+
+def test_progress_bar_by_default_as_keras_predict(rng, capsys):
+    """`verbose="auto"` (the default) shows a bar over the steps, like `predict`; 0 is silent and the same samples."""
+    model = tiny_sit(num_classes=3)
+    randomize(model, rng)
+    shown = model.generate(2, labels=[0, 1], num_steps=3, sampler="heun", seed=1)
+    out = capsys.readouterr().out
+    assert "3/3" in out and "nfe: 6" in out
+    silent = model.generate(2, labels=[0, 1], num_steps=3, sampler="heun", seed=1, verbose=0)
+    assert capsys.readouterr().out == ""
+    np.testing.assert_allclose(shown, silent, rtol=1e-5, atol=1e-5)
 
 
 def test_dopri5_trajectory_solves_equal_segments(rng):
