@@ -19,9 +19,11 @@ import argparse
 import json
 import os
 
+import keras_sit  # first: registers its classes (for load_model) and, with no backend set, picks an installed one
+
+# isort: split
 import keras
 
-import keras_sit
 from keras_sit.convert import import_autoencoder, import_fid_inception, import_official_checkpoint
 from keras_sit.evaluation import evaluate, generate_for_evaluation, read_reference_batch
 

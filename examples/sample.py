@@ -3,16 +3,20 @@
     KERAS_BACKEND=jax python examples/sample.py outputs/sit.keras --labels 0 1 2 --per-label 8 \\
         --steps 50 --cfg-scale 2.0 --output outputs/grid.png
 
-A model saved under one backend loads under any other.
+A model saved under one backend loads under any other. The grid goes to
+`outputs/samples.png` unless `--output` says otherwise.
 """
 
 import argparse
 import os
 
-import keras
 import numpy as np
 
-import keras_sit  # noqa: F401  (registers the classes for loading)
+import keras_sit  # noqa: F401  (first: registers its classes for load_model and, with no backend set, picks one)
+
+# isort: split
+import keras
+
 from keras_sit.visualization import save_image_grid
 
 
@@ -25,10 +29,11 @@ def main(argv=None):
     parser.add_argument("--cfg-scale", type=float, default=2.0)
     parser.add_argument("--sampler", default="euler", help="euler, midpoint, heun, rk4, sde-euler or sde-heun")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="samples.png")
+    parser.add_argument("--output", default=os.path.join("outputs", "samples.png"))
     args = parser.parse_args(argv)
 
-    model = keras.saving.load_model(args.model)
+    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+    model = keras.saving.load_model(args.model)  # needs `import keras_sit` first: it registers the classes
     if model.num_classes is None:
         rows, labels, cfg_scale = ["all"], None, 1.0
     else:

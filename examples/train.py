@@ -4,9 +4,10 @@
     KERAS_BACKEND=torch python examples/train.py --data DIR --image-size 32
 
 With no `--data`, it trains on scikit-learn's `load_digits` (1,797 8x8 digits
-that ship with the package). `--data DIR` takes a folder
-with one sub-folder of images per class (`keras.utils.image_dataset_from_directory`,
-which needs TensorFlow installed whatever the backend).
+that ship with the package). `--data DIR` takes a folder with one sub-folder
+of images per class, read with Pillow on any backend
+(`keras_sit.latents.ImageFolder`: each image center-cropped and resized to
+`--image-size`, as ADM and SiT prepare ImageNet) and held in memory.
 
 On the digits it also measures sample quality while training: a fifth of the
 digits is held out, and every `--quality-every` epochs the Frechet distance
@@ -20,12 +21,16 @@ suits neither 8x8 digits nor an offline example). It is logged as
 import argparse
 import os
 
-import keras
 import numpy as np
 
-import keras_sit
+import keras_sit  # first: with no backend configured, it picks an installed one before Keras loads
+
+# isort: split
+import keras
+
 from keras_sit.callbacks import FrechetDistance
-from keras_sit.visualization import plot_losses, save_image_grid
+from keras_sit.latents import ImageFolder
+from keras_sit.visualization import plot_losses, save_image_grid, to_float
 
 
 def parse_args(argv=None):
@@ -78,13 +83,12 @@ def digit_features(images, labels, seed):
     return extract
 
 
-def load_folder_dataset(directory, image_size, batch_size, seed):
-    """A `tf.data.Dataset` of `(images in [-1, 1], labels)` and the class names."""
-    dataset = keras.utils.image_dataset_from_directory(
-        directory, image_size=(image_size, image_size), batch_size=batch_size, seed=seed, shuffle=True
-    )
-    class_names = dataset.class_names
-    return dataset.map(lambda x, y: (x / 127.5 - 1.0, y)), class_names
+def load_folder_dataset(directory, image_size):
+    """A folder of class sub-folders as images `[N, S, S, 3]` in [-1, 1], their labels and the class names."""
+    folder = ImageFolder(directory, image_size)
+    pairs = [folder[i] for i in range(len(folder))]
+    images = to_float(np.stack([image for image, _ in pairs]))
+    return images, np.array([label for _, label in pairs], "int32"), folder.class_names
 
 
 def main(argv=None):
@@ -105,9 +109,10 @@ def main(argv=None):
                                       clip_data=(-1.0, 1.0))  # fmt: skip
             callbacks.append(quality)
     else:
-        dataset, class_names = load_folder_dataset(args.data, args.image_size, args.batch_size, args.seed)
-        fit_args = dict(x=dataset)
-        input_shape = (args.image_size, args.image_size, 3)
+        images, labels, class_names = load_folder_dataset(args.data, args.image_size)
+        print(f"read {len(images)} images of {len(class_names)} classes from {args.data}")
+        fit_args = dict(x=images, y=labels, batch_size=args.batch_size)
+        input_shape = images.shape[1:]
 
     model = keras_sit.SiT(
         input_shape=input_shape,

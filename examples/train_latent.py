@@ -17,10 +17,13 @@ autoencoder in one file), `samples.png` (a row per class) and `loss.png`.
 import argparse
 import os
 
-import keras
 import numpy as np
 
-import keras_sit
+import keras_sit  # first: with no backend configured, it picks an installed one before Keras loads
+
+# isort: split
+import keras
+
 from keras_sit.convert import import_autoencoder
 from keras_sit.latents import ImageFolder, LatentDataset, write_latent_cache
 from keras_sit.visualization import plot_losses, save_image_grid

@@ -1,6 +1,15 @@
-"""keras_sit: Scalable Interpolant Transformers for Keras 3 (JAX, TensorFlow, PyTorch)."""
+"""keras_sit: Scalable Interpolant Transformers for Keras 3 (JAX, TensorFlow, PyTorch).
 
-from keras_sit import distribution, latents, presets, samplers, visualization
+Importing it registers its layers and models with Keras, so that a saved
+`.keras` file loads with `keras.saving.load_model`; with no backend
+configured and TensorFlow missing, it picks an installed one first
+(`keras_sit.backend_choice`).
+"""
+
+from keras_sit import backend_choice  # noqa: F401  (first: it runs before anything imports Keras)
+
+# isort: split
+from keras_sit import callbacks, convert, distribution, evaluation, latents, presets, samplers, visualization
 from keras_sit.autoencoder import AutoencoderKL
 from keras_sit.backbone import SiTBackbone
 from keras_sit.convert import export_official_state_dict, import_official_checkpoint
@@ -54,9 +63,12 @@ __all__ = [
     "Transport",
     "Unpatchify",
     "VPPath",
+    "callbacks",
+    "convert",
     "cosine_interpolant",
     "cosine_velocity",
     "distribution",
+    "evaluation",
     "export_official_state_dict",
     "get_path",
     "import_official_checkpoint",

@@ -8,7 +8,10 @@ encoded once:
 - `ImageFolder` reads a folder of class sub-folders and prepares each image
   as ADM, DiT and the official SiT prepare ImageNet: a center crop to the
   target size, downsampled with a box filter while the image is at least
-  twice the target, then resized bicubically (`center_crop`).
+  twice the target, then resized bicubically (`center_crop`). A file that
+  does not decode raises an `UnreadableImageError` (a `ValueError`) naming
+  it; `write_latent_cache(..., on_error="skip")` skips such files and lists
+  them in the cache's description.
 - `write_latent_cache` encodes each image and its horizontal mirror and
   stores the posterior's mean and standard deviation (already in the SiT's
   scaled latent space), not one frozen sample, in shards with per-channel
@@ -22,11 +25,14 @@ encoded once:
 The cache's layout: `cache.json` (what was encoded, and the statistics once
 complete) and `shard-00000/` ... each holding `mean.npy` and `std.npy`
 (`[n, 2, h, w, c]`, flip index 1 the mirrored image), `labels.npy` (`[n]`,
--1 when there are none) and `sums.npy` (per-channel sums for the
-statistics).
+-1 when there are none), `sums.npy` (per-channel sums for the statistics)
+and, when images of the shard were skipped, `skipped.json`. Shard `k` holds
+the readable examples among the source's `k * shard_size ... (k + 1) *
+shard_size - 1`, in order, so a shard with skipped images is shorter.
 """
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -41,7 +47,54 @@ from keras_sit.visualization import to_float
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CACHE_FILE = "cache.json"
+SKIPPED_FILE = "skipped.json"
 FORMAT_VERSION = 1
+ON_ERROR = ("raise", "skip")
+# Greyscale with more than 8 bits (16-bit PNG and TIFF open as these): values in 0..65535.
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class UnreadableImageError(ValueError):
+    """An image file that does not decode (truncated, corrupt, not an image). `path` names it."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"Could not read the image {path!r}: {reason}")
+        self.path, self.reason = path, reason
+
+    def __reduce__(self):  # pickles (to and from worker processes) with both arguments
+        return type(self), (self.path, self.reason)
+
+
+def to_rgb(image):
+    """A `PIL.Image` of any mode as 8-bit RGB.
+
+    Pillow's own conversion serves every mode (palette, greyscale, CMYK,
+    RGBA without its alpha) except greyscale wider than 8 bits, which it
+    clips at 255: those are scaled from 0..65535 to 0..255.
+    """
+    from PIL import Image
+
+    if image.mode in WIDE_GREY_MODES:
+        grey = np.clip(np.round(np.asarray(image, dtype="float64") / 257.0), 0, 255).astype("uint8")
+        return Image.fromarray(grey).convert("RGB")  # uint8 [H, W]: mode "L"
+    return image.convert("RGB")
+
+
+def read_image(path):
+    """The image file `path`, decoded whole, as an RGB `PIL.Image` (see `to_rgb`).
+
+    Raises an `UnreadableImageError` (a `ValueError`) naming the file, with
+    Pillow's error as its cause, if the file does not open or decode.
+    """
+    from PIL import Image
+
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode every pixel now: a truncated file fails here, not later
+            return to_rgb(image)
+    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, ... on bad files
+        raise UnreadableImageError(path, f"{type(error).__name__}: {error}") from error
 
 
 def center_crop(image, image_size):
@@ -54,7 +107,7 @@ def center_crop(image, image_size):
     from PIL import Image
 
     check_positive_int("image_size", image_size)
-    image = image.convert("RGB")
+    image = to_rgb(image)
     while min(image.size) >= 2 * image_size:
         image = image.resize(tuple(side // 2 for side in image.size), resample=Image.BOX)
     scale = image_size / min(image.size)
@@ -69,7 +122,11 @@ class ImageFolder:
 
     Classes are the sub-folders in sorted order, labels their indices, and
     the images of a class are taken in sorted order, so the same folder
-    always gives the same sequence. Each image is prepared by `center_crop`.
+    always gives the same sequence. Each image is read whole by `read_image`
+    (any Pillow mode, converted to RGB) and prepared by `center_crop`; a file
+    that does not decode raises an `UnreadableImageError` naming it, which
+    `write_latent_cache(..., on_error="skip")` skips. `find_unreadable()`
+    lists such files up front.
     """
 
     def __init__(self, root, image_size):
@@ -92,11 +149,18 @@ class ImageFolder:
         return len(self.files)
 
     def __getitem__(self, index):
-        from PIL import Image
-
         path, label = self.files[index]
-        with Image.open(path) as image:
-            return center_crop(image, self.image_size), label
+        return center_crop(read_image(path), self.image_size), label
+
+    def find_unreadable(self):
+        """The files that do not decode, as `[(path, reason)]`; reads every image once."""
+        unreadable = []
+        for path, _ in self.files:
+            try:
+                read_image(path)
+            except UnreadableImageError as error:
+                unreadable.append((path, error.reason))
+        return unreadable
 
 
 class ArrayImages:
@@ -123,13 +187,16 @@ class ArrayImages:
         return self.images[index], -1 if self.labels is None else int(self.labels[index])
 
 
-def write_latent_cache(source, autoencoder, directory, shard_size=1024, batch_size=32, dtype="float32", verbose=1):
+def write_latent_cache(
+    source, autoencoder, directory, shard_size=1024, batch_size=32, dtype="float32", verbose=1, on_error="raise"
+):
     """Encode `source` with `autoencoder` into a latent cache in `directory`; resumable.
 
     Args:
         source: an `ImageFolder`, an `ArrayImages`, or anything with `len`,
             indexing that gives `(uint8 [S, S, 3] image, label)` (label -1
-            for none) and an `image_size`.
+            for none) and an `image_size`. Indexing may raise an
+            `UnreadableImageError` for an item that cannot be read.
         autoencoder: a `keras_sit.AutoencoderKL` (anything with
             `encode_moments`, `scale_latents` and `scaling_factor`).
         directory: where the cache goes. If it holds a finished or partial
@@ -139,24 +206,34 @@ def write_latent_cache(source, autoencoder, directory, shard_size=1024, batch_si
         batch_size: images per `encode_moments` call (each is encoded with
             its mirror, so the autoencoder sees twice as many).
         dtype: `"float32"` or `"float16"` (half the disk) for the moments.
-        verbose: 1 shows a progress bar over the examples.
+        verbose: 1 shows a progress bar over the examples; 1 and 2 print a
+            line for each image skipped and their count.
+        on_error: what an unreadable image (`UnreadableImageError`: a
+            truncated or corrupt file) does: `"raise"` stops the cache with
+            an error naming the file; `"skip"` leaves it out. Each shard
+            records its skipped images as it is written, so a resumed cache
+            keeps them; the description lists them all (`"skipped"`, their
+            paths, and `"num_skipped"`), `"num_cached"` counts the examples
+            stored, and `LatentDataset` streams those.
 
     Returns:
-        The cache's description (`cache.json`), statistics included.
+        The cache's description (`cache.json`), statistics included:
+        `num_examples` counts the source's images, `num_cached` the examples
+        stored.
     """
     check_positive_int("shard_size", shard_size)
     check_positive_int("batch_size", batch_size)
     check_choice("dtype", dtype, ("float32", "float16"))
     check_choice("verbose", verbose, (0, 1, 2))
+    check_choice("on_error", on_error, ON_ERROR)
     num_examples = len(source)
     if num_examples == 0:
         raise ValueError("`source` holds no images.")
-    first_image, _ = source[0]
     plan = {
         "format": FORMAT_VERSION,
         "num_examples": num_examples,
         "shard_size": int(shard_size),
-        "image_size": int(first_image.shape[0]),
+        "image_size": _image_size(source, on_error),
         "dtype": dtype,
         "class_names": list(getattr(source, "class_names", None) or []),
         "autoencoder": _autoencoder_config(autoencoder),
@@ -177,15 +254,48 @@ def write_latent_cache(source, autoencoder, directory, shard_size=1024, batch_si
     for shard in range(num_shards):
         start, stop = shard * shard_size, min((shard + 1) * shard_size, num_examples)
         if not os.path.isdir(_shard_path(directory, shard)):
-            _write_shard(source, autoencoder, directory, shard, start, stop, batch_size, dtype)
+            _write_shard(
+                source,
+                autoencoder,
+                directory,
+                shard,
+                start,
+                stop,
+                batch_size,
+                dtype,
+                plan["image_size"],
+                on_error,
+                verbose,
+            )
         progress.update(stop)
+    skipped = [record for shard in range(num_shards) for record in _read_skipped(directory, shard)]
+    num_cached = sum(_shard_length(directory, shard) for shard in range(num_shards))
+    if num_cached == 0:
+        raise ValueError(f"No image of `source` could be read ({len(skipped)} skipped): the cache would be empty.")
     description = {**plan, "num_shards": num_shards, "statistics": _statistics(directory, num_shards)}
     description["latent_shape"] = list(
         np.load(os.path.join(_shard_path(directory, 0), "mean.npy"), mmap_mode="r").shape[2:]
     )
+    description.update(num_cached=num_cached, num_skipped=len(skipped), skipped=[r["path"] for r in skipped])
     description["complete"] = True
     _write_json(directory, description)
+    if skipped and verbose:
+        print(f'Skipped {len(skipped)} unreadable image(s) of {num_examples}; {CACHE_FILE} lists them under "skipped".')
     return description
+
+
+def _image_size(source, on_error):
+    """The side of the source's images: its `image_size`, else that of its first readable image."""
+    size = getattr(source, "image_size", None)
+    if size is not None:
+        return int(size)
+    for index in range(len(source)):
+        try:
+            return int(source[index][0].shape[0])
+        except UnreadableImageError:
+            if on_error == "raise":
+                raise
+    raise ValueError(f"No image of `source` could be read ({len(source)} tried).")
 
 
 def _autoencoder_config(autoencoder):
@@ -201,19 +311,36 @@ def _fingerprint(autoencoder):
     return digest.hexdigest()
 
 
-def _write_shard(source, autoencoder, directory, shard, start, stop, batch_size, dtype):
-    means, stds, labels = [], [], []
-    for begin in range(start, stop, batch_size):
-        pairs = [source[i] for i in range(begin, min(begin + batch_size, stop))]
-        images = to_float(np.stack([image for image, _ in pairs]))
+def _readable(source, indices, on_error, skipped, verbose):
+    """The `(image, label)` pairs of `indices`; unreadable ones raise, or are appended to `skipped`."""
+    for index in indices:
+        try:
+            yield source[index]
+        except UnreadableImageError as error:
+            if on_error == "raise":
+                raise
+            skipped.append({"index": index, "path": error.path, "reason": error.reason})
+            if verbose:
+                below_progress_bar = "\n" if verbose == 1 else ""
+                print(f"{below_progress_bar}Skipped the unreadable image {error.path!r}: {error.reason}")
+
+
+def _write_shard(source, autoencoder, directory, shard, start, stop, batch_size, dtype, image_size, on_error, verbose):
+    means, stds, labels, skipped = [], [], [], []
+    pairs = _readable(source, range(start, stop), on_error, skipped, verbose)
+    while batch := list(itertools.islice(pairs, batch_size)):
+        images = to_float(np.stack([image for image, _ in batch]))
         both = np.concatenate([images, images[:, :, ::-1]], axis=0)  # the images, then their mirrors
         mean, logvar = autoencoder.encode_moments(both)
         mean = ops.convert_to_numpy(autoencoder.scale_latents(mean))
         std = ops.convert_to_numpy(ops.exp(0.5 * ops.cast(logvar, "float32"))) * autoencoder.scaling_factor
-        n = len(pairs)
+        n = len(batch)
         means.append(np.stack([mean[:n], mean[n:]], axis=1))
         stds.append(np.stack([std[:n], std[n:]], axis=1))
-        labels.extend(label for _, label in pairs)
+        labels.extend(label for _, label in batch)
+    if not means:  # every image of the shard skipped: empty arrays of the latents' shape
+        mean, _ = autoencoder.encode_moments(np.zeros((1, image_size, image_size, 3), "float32"))
+        means = stds = [np.zeros((0, 2, *ops.convert_to_numpy(mean).shape[1:]), "float32")]
     mean, std = np.concatenate(means).astype(dtype), np.concatenate(stds).astype(dtype)
     # Per channel: count, sum and sum of squares of the means, and the sum of the variances.
     values = mean.astype("float64").reshape(-1, mean.shape[-1])
@@ -225,7 +352,23 @@ def _write_shard(source, autoencoder, directory, shard, start, stop, batch_size,
     os.makedirs(partial)
     for name, array in (("mean", mean), ("std", std), ("labels", np.asarray(labels, "int32")), ("sums", sums)):
         write_synced(os.path.join(partial, f"{name}.npy"), lambda file, array=array: np.save(file, array))
+    if skipped:
+        content = json.dumps(skipped, indent=1).encode()
+        write_synced(os.path.join(partial, SKIPPED_FILE), lambda file: file.write(content))
     os.rename(partial, final)  # atomic: the shard appears whole or not at all
+
+
+def _read_skipped(directory, shard):
+    """The images skipped in a shard, `[{"index", "path", "reason"}]`."""
+    path = os.path.join(_shard_path(directory, shard), SKIPPED_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as file:
+        return json.load(file)
+
+
+def _shard_length(directory, shard):
+    return len(np.load(os.path.join(_shard_path(directory, shard), "labels.npy"), mmap_mode="r"))
 
 
 def _statistics(directory, num_shards):
@@ -276,7 +419,9 @@ class LatentDataset(keras.utils.PyDataset):
     (`sample=False` takes the mean). The order is a fresh permutation every
     epoch. Draws come from a NumPy generator keyed by `(seed, epoch, batch)`,
     so a seed gives the same batches on every backend and every run. The
-    shards are memory-mapped: only the examples of a batch are read.
+    shards are memory-mapped: only the examples of a batch are read. Images
+    skipped while the cache was written are not there: `num_examples` counts
+    the examples stored (the description's `num_cached`).
 
     Args:
         directory: the cache.
@@ -312,17 +457,24 @@ class LatentDataset(keras.utils.PyDataset):
         self.drop_remainder = drop_remainder
         self.seed = int(np.random.default_rng().integers(2**31 - 1)) if seed is None else int(seed)
         shards = [_shard_path(directory, s) for s in range(self.description["num_shards"])]
-        self._means = [np.load(os.path.join(s, "mean.npy"), mmap_mode="r") for s in shards]
-        self._stds = [np.load(os.path.join(s, "std.npy"), mmap_mode="r") for s in shards]
+        means = [np.load(os.path.join(s, "mean.npy"), mmap_mode="r") for s in shards]
+        stds = [np.load(os.path.join(s, "std.npy"), mmap_mode="r") for s in shards]
         labels = np.concatenate([np.load(os.path.join(s, "labels.npy")) for s in shards])
         self.labels = None if np.all(labels < 0) else labels
         self.shard_size = self.description["shard_size"]
+        # Shards are shorter than `shard_size` where images were skipped: index them by their starts.
+        kept = [i for i, mean in enumerate(means) if len(mean)]
+        self._means, self._stds = [means[i] for i in kept], [stds[i] for i in kept]
+        lengths = [len(mean) for mean in self._means]
+        self._starts = np.cumsum([0, *lengths[:-1]])
+        self._num_examples = int(sum(lengths))
         self.epoch = 0
         self._order = self._permutation()
 
     @property
     def num_examples(self):
-        return self.description["num_examples"]
+        """The examples in the cache (the source's images less those skipped)."""
+        return self._num_examples
 
     @property
     def latent_shape(self):
@@ -355,7 +507,8 @@ class LatentDataset(keras.utils.PyDataset):
         means = np.empty((len(indices), *self.latent_shape), "float32")
         stds = np.empty_like(means) if self.sample else None
         for row, (example, flip) in enumerate(zip(indices, flips)):
-            shard, offset = divmod(int(example), self.shard_size)
+            shard = int(np.searchsorted(self._starts, example, side="right")) - 1
+            offset = int(example) - int(self._starts[shard])
             means[row] = self._means[shard][offset, flip]
             if self.sample:
                 stds[row] = self._stds[shard][offset, flip]

@@ -30,20 +30,37 @@ def to_rgb(images):
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
-def image_grid(images, rows, pad=1, value_range=(-1.0, 1.0)):
+def image_grid(images, rows, pad=1, value_range=None):
     """`[N, H, W, C]` images as one uint8 array `[rows * (H + 2 pad), N / rows * (W + 2 pad), C]`.
 
-    Images fill the grid row by row; values are clipped to `value_range`
-    and mapped onto 0..255; tiles are separated by `pad` grey pixels.
+    One rule for every caller: uint8 images are read as 0..255, float
+    images by `value_range` (default `(-1, 1)`, the data range of `SiT`),
+    clipped to it and mapped onto 0..255. So `LatentSiT.generate`'s uint8
+    pictures and `SiT.generate`'s floats both render as they are. Images
+    fill the grid row by row; tiles are separated by `pad` grey pixels.
     """
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"`images` must be [N, height, width, channels]; got shape {images.shape}.")
+    if images.shape[-1] not in (1, 3):
+        raise ValueError(f"`images` must have 1 (grey) or 3 (RGB) channels; got shape {images.shape}.")
     check_positive_int("rows", rows)
     if len(images) % rows:
         raise ValueError(f"`rows` ({rows}) must divide the number of images ({len(images)}).")
-    low, high = check_pair("value_range", value_range, strict=True)
-    tiles = np.round((np.clip(images, low, high) - low) / (high - low) * 255.0).astype("uint8")
+    if images.dtype == np.uint8:
+        if value_range is not None and tuple(value_range) != (0, 255):
+            raise ValueError(
+                f"`value_range` {value_range!r} does not apply to uint8 `images`, which are read as 0..255; "
+                "pass float images to use another range."
+            )
+        tiles = images
+    elif np.issubdtype(images.dtype, np.floating):
+        low, high = check_pair("value_range", (-1.0, 1.0) if value_range is None else value_range, strict=True)
+        if not np.all(np.isfinite(images)):
+            raise ValueError("`images` hold NaN or Inf values; they have no colour to draw.")
+        tiles = np.round((np.clip(images, low, high) - low) / (high - low) * 255.0).astype("uint8")
+    else:
+        raise TypeError(f"`images` must be uint8 (0..255) or floats (in `value_range`); got dtype {images.dtype}.")
     height, width, channels = tiles.shape[1:]
     tiles = np.pad(tiles, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=128)
     tile_height, tile_width = height + 2 * pad, width + 2 * pad
@@ -51,11 +68,14 @@ def image_grid(images, rows, pad=1, value_range=(-1.0, 1.0)):
     return grid.reshape(rows * tile_height, -1, channels)
 
 
-def save_image_grid(images, path, rows=1, pad=1, value_range=(-1.0, 1.0), min_height=512):
+def save_image_grid(images, path, rows=1, pad=1, value_range=None, min_height=512):
     """Write `images` (`[N, H, W, C]`, C = 1 or 3) as a PNG grid of `rows` rows.
 
-    Small images are scaled up by an integer factor (nearest neighbour) until
-    the grid is at least `min_height` pixels tall, so 8x8 digits stay visible.
+    uint8 images are read as 0..255 and float images by `value_range`
+    (default `(-1, 1)`), as in `image_grid`: `LatentSiT.generate`'s uint8
+    pictures and `SiT.generate`'s floats in [-1, 1] need no argument. Small
+    images are scaled up by an integer factor (nearest neighbour) until the
+    grid is at least `min_height` pixels tall, so 8x8 digits stay visible.
     """
     from PIL import Image
 

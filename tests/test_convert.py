@@ -3,6 +3,8 @@ independent PyTorch re-implementation of the official network, and safe loading 
 
 import argparse
 import math
+import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -314,3 +316,45 @@ def test_files_that_are_not_checkpoints_are_named(tmp_path):
         import_official_checkpoint(str(tmp_path / "sit.pt"))
     with pytest.raises(FileNotFoundError, match="No checkpoint file"):
         read_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".ckpt", ".bin"])
+def test_random_bytes_are_not_a_checkpoint_rather_than_code(tmp_path, suffix):
+    # torch's weights-only unpickler fails on them as on a forbidden class ("Weights only load failed").
+    for seed in range(8):
+        path = tmp_path / f"random-{seed}{suffix}"
+        path.write_bytes(np.random.default_rng(seed).bytes(4096))
+        with pytest.raises(ValueError, match="is not a PyTorch checkpoint") as caught:
+            read_checkpoint(path)
+        assert "could run code" not in str(caught.value)
+    with zipfile.ZipFile(tmp_path / f"archive{suffix}", "w") as archive:  # a zip, but no torch archive
+        archive.writestr("archive/data.pkl", np.random.default_rng(0).bytes(1000))
+    with pytest.raises(ValueError, match="is not a PyTorch checkpoint"):
+        read_checkpoint(tmp_path / f"archive{suffix}")
+
+
+class Config:
+    """A plain class: not code by itself, but unpickling it imports and builds whatever the file names."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def test_pickles_of_other_classes_could_run_code(tmp_path):
+    tensors = {"w": torch.zeros(2)}
+    cases = {
+        "namespace.pt": lambda path: torch.save({**tensors, "args": argparse.Namespace(model="SiT-S/2")}, path),
+        "class.pth": lambda path: torch.save({**tensors, "config": Config(3)}, path),
+        "legacy.ckpt": lambda path: torch.save(
+            {**tensors, "config": Config(3)}, path, _use_new_zipfile_serialization=False
+        ),
+        "plain.pt": lambda path: path.write_bytes(
+            pickle.dumps({"payload": Payload(tmp_path / "executed")}, protocol=4)
+        ),
+    }
+    for name, save in cases.items():
+        save(tmp_path / name)
+        with pytest.raises(ValueError, match="could run code"):
+            read_checkpoint(tmp_path / name)
+    assert not (tmp_path / "executed").exists()
+    assert read_checkpoint(tmp_path / "namespace.pt", allowed_globals=[argparse.Namespace])["args"].model == "SiT-S/2"

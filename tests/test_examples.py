@@ -1,11 +1,78 @@
 """The example scripts run end to end (one short epoch) and write what they promise."""
 
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 
+import keras
+import numpy as np
+import pytest
 from PIL import Image
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+SCRIPTS = ("train", "sample", "train_latent", "sample_official", "evaluate")
+
+# Runs a script as `python SCRIPT ARGS` would, with the frameworks named in the first argument not importable,
+# as in an environment where only one framework is installed.
+WITHOUT = """
+import runpy, sys
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None  # `import name` raises ModuleNotFoundError, `find_spec(name)` gives None
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_without(blocked, script, *args, keras_home, backend=None, timeout=600):
+    """`python examples/SCRIPT.py ARGS` in a fresh process where the frameworks `blocked` cannot be imported.
+
+    `KERAS_BACKEND` is `backend` (unset for None) and Keras' config lives in `keras_home`, so the
+    user's own `keras.json` plays no part.
+    """
+    env = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
+    env.update(KERAS_HOME=str(keras_home), PYTHONPATH=ROOT)
+    if backend is not None:
+        env["KERAS_BACKEND"] = backend
+    command = [sys.executable, "-c", WITHOUT, ",".join(blocked), os.path.join(EXAMPLES, f"{script}.py"), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=keras_home)
+
+
+def other_backend():
+    """A backend other than TensorFlow to run without TensorFlow: this run's, or JAX on the TensorFlow run."""
+    return "jax" if keras.backend.backend() == "tensorflow" else keras.backend.backend()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_with_one_framework_and_no_backend_set(script, tmp_path):
+    """With Keras' default (TensorFlow) missing and nothing set, the examples still start: keras_sit picks one."""
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": "tensorflow"}))  # what Keras writes by default
+    only = other_backend()
+    blocked = [name for name in ("jax", "tensorflow", "torch") if name != only]
+    result = run_without(blocked, script, "--help", keras_home=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "usage:" in result.stdout and f"examples/{script}.py" in result.stdout
+
+
+def test_train_on_an_image_folder_without_tensorflow(tmp_path):
+    """`--data DIR` reads the folder with Pillow: it trains and samples with TensorFlow not importable."""
+    rng = np.random.default_rng(0)
+    for name in ("cats", "dogs"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(4):
+            size = (int(rng.integers(10, 20)), int(rng.integers(10, 20)))  # images of several sizes and shapes
+            Image.fromarray(rng.integers(0, 256, (*size, 3)).astype("uint8")).save(
+                tmp_path / "data" / name / f"{i}.png"
+            )
+    out = tmp_path / "out"
+    args = ["--data", str(tmp_path / "data"), "--image-size", "8", "--epochs", "1", "--batch-size", "4",
+            "--sampling-steps", "2", "--output-dir", str(out)]  # fmt: skip
+    result = run_without(["tensorflow"], "train", *args, keras_home=tmp_path, backend=other_backend())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "read 8 images of 2 classes" in result.stdout
+    assert Image.open(out / "samples.png").size[1] > 0 and (out / "sit.keras").stat().st_size > 0
 
 
 def load(name):
@@ -41,6 +108,17 @@ def test_train_then_sample(tmp_path):
         ]
     )
     assert Image.open(tmp_path / "grid.png").size[0] > Image.open(tmp_path / "grid.png").size[1]  # 2 rows of 4
+
+
+def test_sample_writes_under_outputs_by_default(tmp_path, monkeypatch):
+    import keras_sit
+
+    model = keras_sit.SiT(input_shape=(4, 4, 1), patch_size=2, hidden_size=8, depth=1, num_heads=2, num_classes=2)
+    model.save(tmp_path / "sit.keras")
+    monkeypatch.chdir(tmp_path)
+    load("sample").main([str(tmp_path / "sit.keras"), "--per-label", "2", "--steps", "1"])
+    assert (tmp_path / "outputs" / "samples.png").stat().st_size > 0
+    assert not (tmp_path / "samples.png").exists()
 
 
 def diffusers_autoencoder(directory):

@@ -1,4 +1,5 @@
-"""The FID Inception network: parity with pytorch-fid's network, its checkpoint keys, and refusals.
+"""The FID Inception network: parity with pytorch-fid's network, its checkpoint keys, refusals, and the
+guard against computing features without imported weights.
 
 The reference is `tests/reference_inception.py`, pytorch-fid's network in
 plain PyTorch, with every weight and batch-norm statistic re-drawn (so no
@@ -16,7 +17,7 @@ from torch import nn
 
 from keras_sit.convert import import_fid_inception
 from keras_sit.convert.inception import export_fid_inception_state_dict
-from keras_sit.evaluation import FIDInception, inception_preprocess
+from keras_sit.evaluation import FIDInception, frechet_distance, inception_preprocess
 from tests.conftest import to_numpy
 from tests.reference_inception import FIDInceptionReference
 from tests.test_convert import Payload
@@ -148,7 +149,45 @@ def test_inputs_are_checked(model):
         model.features(np.zeros((1, 64, 64, 3), "uint8"), batch_size=0)
 
 
+def smooth_images(count, size=32):
+    """Photo-like images: smooth colour gradients, one per image."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    images = [np.stack([x * (i + 1), y, (x + y) / 2 * (count - i) / count], axis=-1) for i in range(count)]
+    return (np.clip(np.stack(images), 0, 1) * 255).astype(np.uint8)
+
+
+def test_a_network_without_imported_weights_is_refused():
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
+    fresh = FIDInception()
+    assert not fresh.holds_imported_weights and not fresh.allow_random_weights
+    # Keras' default initial weights: no layer starts at zero, so nothing downstream is silently constant.
+    block = fresh.Mixed_6d.branch1x1
+    assert np.abs(to_numpy(block.conv.kernel)).max() > 0 and np.abs(to_numpy(fresh.fc.kernel)).max() > 0
+    np.testing.assert_array_equal(to_numpy(block.bn.gamma), 1.0)
+    np.testing.assert_array_equal(to_numpy(block.bn.moving_variance), 1.0)
+    for compute in (fresh.features, fresh, lambda x: fresh.predict(x, verbose=0)):
+        with pytest.raises(ValueError, match=r"import_fid_inception.*allow_random_weights=True"):
+            compute(images)
+    with pytest.raises(TypeError, match="allow_random_weights"):
+        FIDInception(allow_random_weights=1)
+
+
+def test_random_weights_on_request_give_features_that_tell_images_apart():
+    model = FIDInception(allow_random_weights=True)
+    assert model.get_config()["allow_random_weights"] is True and not model.holds_imported_weights
+    noise = np.random.default_rng(1).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+    photos = smooth_images(3)
+    noise_features = to_numpy(model.features(noise)["pool"]).astype(np.float64)
+    photo_features = to_numpy(model.features(photos)["pool"]).astype(np.float64)
+    assert np.abs(noise_features).max() > 0 and np.abs(photo_features).max() > 0
+    assert np.abs(noise_features - photo_features).max() > 1e-3 * np.abs(noise_features).max()
+    fid = frechet_distance(noise_features.mean(0), np.cov(noise_features, rowvar=False),
+                           photo_features.mean(0), np.cov(photo_features, rowvar=False))  # fmt: skip
+    assert fid > 0
+
+
 def test_serialization_and_dtype(model, tmp_path):
+    assert model.holds_imported_weights and not model.allow_random_weights  # import_fid_inception marks it
     path = tmp_path / "fid_inception.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
@@ -156,6 +195,16 @@ def test_serialization_and_dtype(model, tmp_path):
     for original, restored in zip(model.weights, loaded.weights):
         assert original.path == restored.path
         np.testing.assert_array_equal(to_numpy(original), to_numpy(restored), err_msg=original.path)
+    # The mark travels with the weights: the loaded copies compute features.
+    assert loaded.holds_imported_weights
+    model.save_weights(tmp_path / "fid_inception.weights.h5")
+    reloaded = FIDInception()
+    reloaded.load_weights(tmp_path / "fid_inception.weights.h5")
+    assert reloaded.holds_imported_weights
+    image = smooth_images(1)
+    expected = to_numpy(model.features(image)["pool"])
+    np.testing.assert_array_equal(to_numpy(loaded.features(image)["pool"]), expected)
+    np.testing.assert_array_equal(to_numpy(reloaded.features(image)["pool"]), expected)
 
     mixed = FIDInception(dtype="mixed_bfloat16")
     assert mixed.Mixed_7c.branch_pool.conv.compute_dtype == "bfloat16"

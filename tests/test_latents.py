@@ -1,7 +1,10 @@
 """The latent cache: ADM's crop, both flips' posterior moments in atomic shards, resuming, streaming."""
 
+import io
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,10 +32,14 @@ def images():
 
 
 def shard_arrays(directory):
-    """Every array of every shard, by file name."""
+    """Every array of every shard (and the text of its other files), by file name."""
     names = sorted(n for n in os.listdir(directory) if n.startswith("shard-"))
     files = [(n, f) for n in names for f in sorted(os.listdir(os.path.join(directory, n)))]
-    return {f"{n}/{f}": np.load(os.path.join(directory, n, f)) for n, f in files}
+    return {
+        f"{n}/{f}": np.load(path) if f.endswith(".npy") else np.array(open(path).read())
+        for n, f in files
+        for path in [os.path.join(directory, n, f)]
+    }
 
 
 # --- preparing images ------------------------------------------------------------------------
@@ -66,6 +73,112 @@ def test_image_folder_orders_classes_and_files(tmp_path):
     assert image.shape == (16, 16, 3) and label == 1 and np.all(image == 11)
     with pytest.raises(ValueError, match="no images"):
         ImageFolder(tmp_path / "ant", 16)
+
+
+def odd_folder(root):
+    """Class `a`: two good PNGs, a truncated PNG and garbage bytes named .jpg; class `b`: a CMYK JPEG, a
+    16-bit greyscale PNG and an RGBA PNG. With `shard_size=2` the second shard holds only the two broken files."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        os.makedirs(root / name)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (16, 20, 3)).astype("uint8")).save(root / "a" / f"{i}.png")
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3)).astype("uint8")).save(buffer, format="PNG")
+    (root / "a" / "2.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    (root / "a" / "3.jpg").write_bytes(rng.bytes(3000))
+    Image.new("CMYK", (20, 16), (0, 255, 255, 0)).save(root / "b" / "0.jpg")  # red
+    Image.fromarray(wide_grey()).save(root / "b" / "1.png")
+    Image.fromarray(rng.integers(0, 256, (16, 16, 4)).astype("uint8")).save(root / "b" / "2.png")
+    return root
+
+
+def wide_grey():
+    """A 16-bit greyscale ramp over the whole range, 16x16."""
+    return np.linspace(0, 65535, 256).round().astype("uint16").reshape(16, 16)
+
+
+BROKEN = [os.path.join("a", "2.png"), os.path.join("a", "3.jpg")]
+
+
+def test_unreadable_images_raise_naming_the_file(tmp_path, autoencoder):
+    folder = ImageFolder(odd_folder(tmp_path / "images"), 16)
+    for index, name in ((2, BROKEN[0]), (3, BROKEN[1])):
+        with pytest.raises(ValueError, match=re.escape(str(tmp_path / "images" / name))) as caught:
+            folder[index]
+        assert isinstance(caught.value, latents.UnreadableImageError) and isinstance(caught.value.__cause__, OSError)
+        assert caught.value.path == str(tmp_path / "images" / name)
+    assert [path for path, _ in folder.find_unreadable()] == [str(tmp_path / "images" / n) for n in BROKEN]
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "images" / BROKEN[0]))):
+        write_latent_cache(folder, autoencoder, tmp_path / "cache", shard_size=2, verbose=0)  # on_error="raise"
+    with pytest.raises(ValueError, match="`on_error` must be one of"):
+        write_latent_cache(folder, autoencoder, tmp_path / "cache", on_error="ignore")
+
+
+def test_cmyk_wide_grey_and_alpha_images_convert_to_rgb(tmp_path):
+    folder = ImageFolder(odd_folder(tmp_path), 16)
+    cmyk, grey, rgba = (folder[i][0] for i in (4, 5, 6))
+    assert all(image.shape == (16, 16, 3) and image.dtype == np.uint8 for image in (cmyk, grey, rgba))
+    np.testing.assert_allclose(cmyk.reshape(-1, 3).mean(0), [255, 0, 0], atol=3)
+    # 0..65535 scaled to 0..255, not clipped at 255 (what Pillow's own convert("RGB") gives).
+    np.testing.assert_allclose(grey[..., 0], np.round(wide_grey() / 257.0), atol=1)
+    assert np.all(grey[..., 0] == grey[..., 2]) and grey.min() == 0 and grey.max() == 255
+    assert 100 < grey.mean() < 155
+    assert latents.to_rgb(Image.fromarray(wide_grey().astype("int32"))).getpixel((15, 15)) == (255, 255, 255)
+
+
+def test_skipped_images_are_recorded_and_resumed(tmp_path, autoencoder, capsys):
+    folder = ImageFolder(odd_folder(tmp_path / "images"), 16)
+    cache = tmp_path / "cache"
+    description = write_latent_cache(folder, autoencoder, cache, shard_size=2, verbose=1, on_error="skip")
+    skipped = [str(tmp_path / "images" / name) for name in BROKEN]
+    assert description["skipped"] == skipped and description["num_skipped"] == 2
+    assert description["num_examples"] == 7 and description["num_cached"] == 5 and description["num_shards"] == 4
+    assert json.loads((cache / "cache.json").read_text()) == description
+    output = capsys.readouterr().out
+    assert "Skipped 2 unreadable image(s) of 7" in output and all(path in output for path in skipped)
+    assert [len(np.load(cache / f"shard-0000{s}" / "labels.npy")) for s in range(4)] == [2, 0, 2, 1]
+
+    # The same as a cache of the readable images alone.
+    readable = [0, 1, 4, 5, 6]
+    pairs = [folder[i] for i in readable]
+    expected = write_latent_cache(
+        ArrayImages(np.stack([image for image, _ in pairs]), np.array([label for _, label in pairs])),
+        autoencoder,
+        tmp_path / "expected",
+        shard_size=2,
+        verbose=0,
+    )
+    assert description["statistics"] == pytest.approx(expected["statistics"])
+    dataset = LatentDataset(cache, batch_size=2, shuffle=False, flip=False, sample=False)
+    reference = LatentDataset(tmp_path / "expected", batch_size=2, shuffle=False, flip=False, sample=False)
+    assert dataset.num_examples == 5 and len(dataset) == 3 and dataset.num_classes == 2
+    for index in range(3):
+        np.testing.assert_array_equal(dataset[index][0], reference[index][0])
+        np.testing.assert_array_equal(dataset[index][1], reference[index][1])
+    shuffled = LatentDataset(cache, batch_size=5, seed=0)
+    assert sorted(shuffled[0][1]) == [0, 0, 1, 1, 1]
+
+    # Resuming keeps what the finished shards skipped.
+    before = shard_arrays(cache)
+    for shard in ("shard-00001", "shard-00003"):
+        shutil.rmtree(cache / shard)
+    assert write_latent_cache(folder, autoencoder, cache, shard_size=2, verbose=0, on_error="skip") == description
+    after = shard_arrays(cache)
+    assert sorted(after) == sorted(before)
+    for name, array in before.items():
+        np.testing.assert_array_equal(after[name], array, err_msg=name)
+    # A shard written under "skip" keeps its record when the cache is completed under "raise".
+    shutil.rmtree(cache / "shard-00003")
+    assert write_latent_cache(folder, autoencoder, cache, shard_size=2, verbose=0) == description
+
+
+def test_a_cache_of_unreadable_images_only_is_refused(tmp_path, autoencoder):
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    (tmp_path / "images" / "a" / "0.png").write_bytes(b"not a picture")
+    folder = ImageFolder(tmp_path / "images", 16)
+    with pytest.raises(ValueError, match="No image of `source` could be read"):
+        write_latent_cache(folder, autoencoder, tmp_path / "cache", verbose=0, on_error="skip")
 
 
 # --- writing -------------------------------------------------------------------------------------

@@ -1,14 +1,19 @@
 """LatentSiT end to end: a folder of images -> latent cache -> fit -> generate -> PNG, saved as one file."""
 
+import glob
+import os
+import warnings
+
 import keras
 import numpy as np
 import pytest
 from PIL import Image
 
 import keras_sit
+from keras_sit import files
 from keras_sit.latents import ImageFolder, LatentDataset, write_latent_cache
 from keras_sit.visualization import save_image_grid
-from tests.conftest import tiny_autoencoder
+from tests.conftest import tiny_autoencoder, to_numpy
 
 SIT = dict(patch_size=2, hidden_size=16, depth=1, num_heads=2, seed=0)
 
@@ -84,3 +89,83 @@ def test_bad_arguments():
     model = keras_sit.LatentSiT(autoencoder=autoencoder, image_size=16, **SIT)
     with pytest.raises(ValueError, match="`output` must be one of"):
         model.generate(1, output="png", num_steps=1)
+
+
+def config_without_names(model):
+    config = {key: value for key, value in model.get_config().items() if key != "name"}
+    return {
+        **config,
+        "autoencoder": {**config["autoencoder"], "config": {**config["autoencoder"]["config"], "name": None}},
+    }
+
+
+def test_the_sit_saves_alone_and_loads_with_its_autoencoder(tmp_path, rng, monkeypatch):
+    vae = dict(block_out_channels=(32, 64))  # 660k weights to the SiT's 11k
+    model = keras_sit.LatentSiT(autoencoder=tiny_autoencoder(**vae), image_size=16, num_classes=3, **SIT)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(rng.normal(size=(4, 8, 8, 4)).astype("float32"), np.array([0, 1, 2, 0]), batch_size=4, verbose=0)
+    full, alone = str(tmp_path / "full.keras"), str(tmp_path / "alone.keras")
+    replaced = []
+    replacing = files.replacing
+    monkeypatch.setattr(keras_sit.files, "replacing", lambda path: replaced.append(path) or replacing(path))
+    model.save(full)
+    model.save_sit(alone)
+    assert [os.path.basename(path) for path in replaced] == ["full.keras", "alone.keras"]  # both atomic
+    assert not glob.glob(str(tmp_path / ".*partial*"))
+    assert os.path.getsize(alone) < 0.2 * os.path.getsize(full)  # the autoencoder's weights are the bulk
+    assert "autoencoder" in dir(model) and model.get_config()["autoencoder"] is not None  # saving left it whole
+    options = dict(labels=[0, 1, 2, 0], num_steps=3, seed=0)
+    expected = model.generate(4, **options)
+
+    autoencoder = tiny_autoencoder(**vae)  # the same weights, built anew
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = keras_sit.LatentSiT.load(alone, autoencoder=autoencoder, safe_mode=True)
+    assert not [w for w in caught if "other weights" in str(w.message)]
+    assert isinstance(loaded, keras_sit.LatentSiT) and loaded.autoencoder is autoencoder
+    assert config_without_names(loaded) == config_without_names(model)
+    for ours, theirs in zip(loaded.backbone.weights, model.backbone.weights):
+        np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs))
+    assert int(to_numpy(loaded.optimizer.iterations)) == 1  # the optimizer state came along
+    np.testing.assert_array_equal(loaded.generate(4, **options), expected)
+    # The loaded model is whole again: `save` writes its autoencoder.
+    loaded.save(tmp_path / "again.keras")
+    assert os.path.getsize(tmp_path / "again.keras") > 0.8 * os.path.getsize(full)
+
+    # The one-file default, unchanged, with either loader.
+    for whole in (keras.saving.load_model(full, safe_mode=True), keras_sit.LatentSiT.load(full)):
+        assert config_without_names(whole) == config_without_names(model)
+        for ours, theirs in zip(whole.autoencoder.weights, model.autoencoder.weights):
+            np.testing.assert_array_equal(to_numpy(ours), to_numpy(theirs))
+        np.testing.assert_array_equal(whole.generate(4, **options), expected)
+
+
+def test_the_sit_alone_needs_the_right_autoencoder(tmp_path):
+    model = keras_sit.LatentSiT(autoencoder=tiny_autoencoder(), image_size=16, **SIT)
+    model.save(tmp_path / "full.keras")
+    model.save_sit(tmp_path / "alone.keras")
+    alone = str(tmp_path / "alone.keras")
+    for load in (keras.saving.load_model, keras_sit.LatentSiT.load):
+        with pytest.raises(
+            ValueError, match="saved without its autoencoder.*LatentSiT.load\\(path, autoencoder=vae\\)"
+        ):
+            load(alone)
+    with pytest.raises(
+        ValueError, match="not the one this LatentSiT was saved with: its latent_channels 8 \\(saved with 4\\)"
+    ):
+        keras_sit.LatentSiT.load(alone, autoencoder=tiny_autoencoder(latent_channels=8))
+    with pytest.raises(ValueError, match="scaling_factor 0.5"):
+        keras_sit.LatentSiT.load(alone, autoencoder=tiny_autoencoder(scaling_factor=0.5))
+    with pytest.warns(UserWarning, match="other weights"):
+        loaded = keras_sit.LatentSiT.load(alone, autoencoder=tiny_autoencoder(seed=1))
+    assert loaded.autoencoder.latent_channels == 4
+    with pytest.raises(ValueError, match="saved with its autoencoder"):
+        keras_sit.LatentSiT.load(tmp_path / "full.keras", autoencoder=tiny_autoencoder())
+    with pytest.raises(TypeError, match="`autoencoder` must be"):
+        keras_sit.LatentSiT.load(alone, autoencoder="sd-vae")
+    with pytest.raises(ValueError, match="`filepath` must be a `.keras` file"):
+        model.save_sit(tmp_path / "alone.h5")
+    sit = keras_sit.SiT(input_shape=(8, 8, 4), **SIT)
+    sit.save(tmp_path / "sit.keras")
+    with pytest.raises(ValueError, match="not a LatentSiT"):
+        keras_sit.LatentSiT.load(tmp_path / "sit.keras")

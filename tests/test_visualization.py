@@ -19,6 +19,19 @@ def test_grid_places_images_row_by_row_with_grey_padding():
     assert np.all(grid[0] == 128) and np.all(grid[:, 0] == 128)  # padding
 
 
+def test_uint8_images_are_read_as_0_to_255_and_floats_by_value_range(tmp_path):
+    """`LatentSiT.generate`'s uint8 pictures and `SiT.generate`'s floats render without arguments."""
+    pixels = np.array([0, 64, 200, 255], "uint8").reshape(4, 1, 1, 1).repeat(3, axis=-1)
+    np.testing.assert_array_equal(image_grid(pixels, rows=1, pad=0)[0, :, 0], [0, 64, 200, 255])
+    np.testing.assert_array_equal(image_grid(pixels, rows=1, pad=0, value_range=(0, 255)), image_grid(pixels, 1, 0))
+    floats = pixels.astype("float32") / 127.5 - 1.0  # the same pictures in [-1, 1]
+    np.testing.assert_array_equal(image_grid(floats, rows=1, pad=0), image_grid(pixels, rows=1, pad=0))
+    unit = pixels.astype("float32") / 255.0
+    np.testing.assert_array_equal(image_grid(unit, rows=1, pad=0, value_range=(0, 1)), image_grid(pixels, 1, 0))
+    save_image_grid(pixels, tmp_path / "grid.png", min_height=1)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "grid.png"))[1, 1::3, 0], [0, 64, 200, 255])
+
+
 def test_save_image_grid_scales_small_images_up(tmp_path):
     images = np.zeros((4, 8, 8, 3), "float32")
     save_image_grid(images, tmp_path / "grid.png", rows=2, min_height=100)

@@ -8,8 +8,11 @@ tensors, plain containers and the classes a caller allows explicitly, so a
 file cannot run code while it loads.
 """
 
+import io
 import os
 import pickle
+import pickletools
+import zipfile
 
 import numpy as np
 
@@ -42,17 +45,60 @@ def read_checkpoint(path, allowed_globals=()):
         with torch.serialization.safe_globals(list(allowed_globals)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Weights only load failed" not in str(error):
-            raise ValueError(f"`path` {path!r} is not a PyTorch checkpoint: {error}") from error
+        # torch reports every failure of its weights-only unpickler alike ("Weights only load failed"),
+        # random bytes too; what the file holds tells code from garbage.
+        if "Weights only load failed" in str(error) and _imports_objects(path):
+            raise ValueError(
+                f"Refused to load `path` {path!r}: it holds objects other than tensors and containers, "
+                "and unpickling them could run code."
+            ) from error
+        reason = error.__context__ if isinstance(error.__context__, pickle.UnpicklingError) else error
+        first_line = (str(reason).strip().splitlines() or [""])[0]
         raise ValueError(
-            f"Refused to load `path` {path!r}: it holds objects other than tensors and containers, "
-            "and unpickling them could run code."
+            f"`path` {path!r} is not a PyTorch checkpoint (a zip archive or pickle of tensors): "
+            f"reading it failed with {type(reason).__name__}: {first_line}"
         ) from error
     except (KeyError, IndexError, EOFError, ValueError, RuntimeError) as error:  # what torch raises on other bytes
         raise ValueError(
             f"`path` {path!r} is not a PyTorch checkpoint (a zip archive or pickle of tensors): "
             f"reading it failed with {type(error).__name__}: {error}"
         ) from error
+
+
+IMPORTING_OPCODES = ("GLOBAL", "STACK_GLOBAL", "INST")  # the pickle opcodes that name a class or function
+LEGACY_PICKLES = 5  # torch's legacy format: magic number, protocol, system info, the object, storage keys
+
+
+def _imports_objects(path):
+    """Whether `path` holds well-formed pickles that import classes or functions (a reason to refuse it).
+
+    The pickles are parsed, never run: a torch zip archive's `data.pkl`, or the
+    pickles at the start of a legacy file. Bytes that are no pickle (a
+    corrupt or foreign file) import nothing.
+    """
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                streams = [archive.read(name) for name in archive.namelist() if name.endswith("data.pkl")]
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError):
+            return False
+        return any(_pickle_opcodes(io.BytesIO(stream), 1) & set(IMPORTING_OPCODES) for stream in streams)
+    with open(path, "rb") as file:
+        return bool(_pickle_opcodes(file, LEGACY_PICKLES) & set(IMPORTING_OPCODES))
+
+
+def _pickle_opcodes(file, count):
+    """The names of the opcodes of the first `count` well-formed pickles in `file` (stops at the first bad one)."""
+    names = set()
+    for _ in range(count):
+        found = set()
+        try:
+            for opcode, _, _ in pickletools.genops(file):
+                found.add(opcode.name)
+        except Exception:  # not a pickle (from here on): pickletools raises ValueError and others
+            return names
+        names |= found
+    return names
 
 
 def _read_safetensors(path):

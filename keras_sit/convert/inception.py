@@ -88,13 +88,17 @@ def _read(path_or_state):
 
 
 def import_fid_inception(path_or_state, **kwargs):
-    """A `FIDInception` holding pytorch-fid's weights.
+    """A `FIDInception` holding pytorch-fid's weights, marked as such (`holds_imported_weights`).
+
+    A `FIDInception` refuses to compute features until it is so marked (or
+    built with `allow_random_weights=True`); the mark is a variable saved
+    and loaded with the weights.
 
     Args:
         path_or_state: `pt_inception-2015-12-05-6726825d.pth` (or another
             file with its keys: `.pth`, `.pt`, `.bin`, `.safetensors`), or
             its state dict of torch tensors or NumPy arrays.
-        **kwargs: `FIDInception` arguments (`dtype`, `name`).
+        **kwargs: `FIDInception` arguments (`dtype`, `name`, `allow_random_weights`).
 
     Raises:
         ValueError: keys are missing or unexpected (naming them), or weights
@@ -123,4 +127,5 @@ def import_fid_inception(path_or_state, **kwargs):
         raise ValueError(f"Checkpoint weights of the wrong shape for the FID Inception: {wrong}.")
     for key, (variable, _) in rows.items():
         variable.assign(values[key])
+    model.weights_imported.assign(1)  # lets `features` run; saved and loaded with the weights
     return model

@@ -29,7 +29,7 @@ import keras
 from keras import ops
 
 from keras_sit import backend
-from keras_sit.validation import check_choice, check_real_dtype
+from keras_sit.validation import check_bool, check_choice, check_real_dtype
 
 INPUT_SIZE = 299  # the network's input resolution; every image is resized to it
 NUM_CLASSES = 1008  # the TF graph's classifier: 1000 ImageNet classes and 8 unused outputs
@@ -78,7 +78,6 @@ class BasicConv2d(keras.layers.Layer):
             strides=strides,
             padding=padding,
             use_bias=False,
-            kernel_initializer="zeros",
             dtype=self.dtype_policy,
             name="conv",
         )
@@ -308,7 +307,7 @@ class Classifier(keras.layers.Layer):
         self.units = units
 
     def build(self, input_shape):
-        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), initializer="zeros", name="kernel")
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="kernel")
         self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
 
     def call(self, x):
@@ -363,10 +362,26 @@ class FIDInception(keras.Model):
 
     Under a mixed `dtype` policy the convolutions run in the compute dtype;
     the batch norms' statistics, the pool and the classifier stay float32.
+
+    A new `FIDInception()` has Keras' default initial weights (Glorot-uniform
+    kernels, zero biases, batch norms at the identity), which give features
+    but no meaningful FID. `features`, `predict` and `call` therefore refuse,
+    with a ValueError naming `import_fid_inception`, to run a network that
+    holds no imported weights. `import_fid_inception` marks the network it
+    returns, in a non-trainable variable (`holds_imported_weights`) that is
+    saved and loaded with the other weights (`save`, `save_weights`,
+    `load_model`, `load_weights`, `get_weights`/`set_weights`).
+
+    Args:
+        allow_random_weights: compute features without imported weights
+            (for tests and for timing; the numbers mean nothing).
+        dtype: the dtype policy.
     """
 
-    def __init__(self, dtype=None, **kwargs):
+    def __init__(self, allow_random_weights=False, dtype=None, **kwargs):
         super().__init__(dtype=dtype, **kwargs)
+        check_bool("allow_random_weights", allow_random_weights)
+        self.allow_random_weights = allow_random_weights
         dtype = self.dtype_policy
 
         def conv(name, filters, kernel_size, strides=1, padding="valid"):
@@ -420,9 +435,34 @@ class FIDInception(keras.Model):
         # Whatever the images' size, the network sees them at 299x299.
         shape = _build_chain(self._layers_to_6d() + self._layers_after_6d(), (None, INPUT_SIZE, INPUT_SIZE, 3))
         self.fc.build((None, shape[-1]))
+        # 1 once `import_fid_inception` has filled in the weights; saved and loaded with them.
+        self.weights_imported = self.add_weight(
+            shape=(), initializer="zeros", dtype="int32", trainable=False, name="weights_imported"
+        )
         self.built = True
 
+    @property
+    def holds_imported_weights(self):
+        """Whether the weights came from `import_fid_inception` (directly or through a saved copy)."""
+        return bool(ops.convert_to_numpy(self.weights_imported))
+
+    def _check_weights(self):
+        """A ValueError unless the weights were imported or random weights were asked for.
+
+        Skipped while the call is being traced (the marker has no value then);
+        `features` and `predict` check before they trace or run anything.
+        """
+        if self.allow_random_weights or _is_traced(self.weights_imported.value) or self.holds_imported_weights:
+            return
+        raise ValueError(
+            "This FIDInception holds no imported weights: its features, and any FID, KID, Inception Score or "
+            "precision/recall computed from them, would be meaningless. Load pytorch-fid's weights with "
+            "`keras_sit.convert.import_fid_inception('pt_inception-2015-12-05-6726825d.pth')`, or construct "
+            "`FIDInception(allow_random_weights=True)` to compute features with random weights on purpose."
+        )
+
     def call(self, images):
+        self._check_weights()
         mixed_6d = _run_chain(self._layers_to_6d(), inception_preprocess(images))
         # The block concatenates its 1x1 branch first, so its first channels are `mixed_6/conv`'s.
         spatial = ops.cast(mixed_6d[..., :SPATIAL_CHANNELS], "float32")
@@ -440,6 +480,38 @@ class FIDInception(keras.Model):
         """`call(images)` for inference: no autograd graph on PyTorch, optionally `batch_size` images at a time.
 
         Returns the dict of float32 tensors described in the class docstring.
+
+        Raises:
+            ValueError: the network holds no imported weights (see the class
+                docstring), or `images` are not RGB images.
         """
+        self._check_weights()
         _check_images(images)
         return backend.inference_in_chunks(self, images, batch_size)
+
+    def predict(self, x, *args, **kwargs):
+        self._check_weights()
+        return super().predict(x, *args, **kwargs)
+
+    def get_config(self):
+        return {**super().get_config(), "allow_random_weights": self.allow_random_weights}
+
+    def load_own_variables(self, store):
+        # A file without the mark (saved before it existed) loads its weights unmarked: refused until re-imported.
+        if len(store.keys()) == 0:
+            return
+        super().load_own_variables(store)
+
+
+def _is_traced(value):
+    """Whether `value` is a placeholder of a function being traced (`jax.jit`, `tf.function`), with no value yet."""
+    name = keras.backend.backend()
+    if name == "jax":
+        import jax
+
+        return isinstance(value, jax.core.Tracer)
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return not tf.executing_eagerly()
+    return False

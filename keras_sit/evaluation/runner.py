@@ -92,7 +92,8 @@ def generate_for_evaluation(
         if not os.path.exists(path):
             chunk_labels = None if labels is None else labels[start:stop]
             chunk_seed = (seed * 1_000_003 + chunk) % (2**31 - 1)
-            images = model.generate(stop - start, labels=chunk_labels, seed=chunk_seed, **generate_kwargs)
+            options = {"verbose": 0, **generate_kwargs}  # the runner shows its own progress
+            images = model.generate(stop - start, labels=chunk_labels, seed=chunk_seed, **options)
             images = to_uint8(images)
             arrays = {
                 "images": images,
