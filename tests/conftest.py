@@ -4,6 +4,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import tempfile
 
 import keras
@@ -57,6 +58,49 @@ def _xla_default(request, monkeypatch):
 
 # Their subprocesses are JAX or TensorFlow whatever the backend of this run, so one run covers each.
 collect_ignore = [name for name, backend in DISTRIBUTION_TESTS.items() if backend != BACKEND]
+
+
+# Runs `python ARGS...` with the frameworks named in the first argument missing, as where they are not
+# installed: every finder on `sys.meta_path` answers "not found" for them, so `import` raises
+# ModuleNotFoundError and `importlib.util.find_spec` gives None, and nothing else changes.
+_WITHOUT = """
+import runpy, sys
+MISSING = set(sys.argv[1].split(","))
+class Without:
+    def __init__(self, finder):
+        self.finder = finder
+    def __getattr__(self, name):
+        return getattr(self.finder, name)
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in MISSING:
+            return None
+        return self.finder.find_spec(name, path, target)
+sys.meta_path[:] = [Without(finder) for finder in sys.meta_path]
+sys.argv = sys.argv[2:]
+if sys.argv[0] == "-c":
+    sys.argv = sys.argv[1:]
+    exec(sys.argv[0], {"__name__": "__main__"})
+else:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_without(missing, *args, keras_home, backend=None, timeout=600):
+    """`python ARGS` (a script and its arguments, or `-c CODE`) in a fresh interpreter of this checkout
+    where the frameworks `missing` cannot be imported, as in an environment with one framework.
+
+    `KERAS_BACKEND` is `backend` (unset for None) and Keras' config lives in `keras_home`, so the
+    user's own `keras.json` plays no part. Returns the `CompletedProcess`; asserts it succeeded.
+    """
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
+    env.update(KERAS_HOME=str(keras_home), PYTHONPATH=str(root))
+    if backend is not None:
+        env["KERAS_BACKEND"] = backend
+    command = [sys.executable, "-c", _WITHOUT, ",".join(missing), *map(str, args)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=keras_home)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
 
 
 def run_device_script(command, out_dir, env):

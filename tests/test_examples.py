@@ -3,41 +3,17 @@
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import run_without
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 SCRIPTS = ("train", "sample", "train_latent", "sample_official", "evaluate")
-
-# Runs a script as `python SCRIPT ARGS` would, with the frameworks named in the first argument not importable,
-# as in an environment where only one framework is installed.
-WITHOUT = """
-import runpy, sys
-for name in sys.argv[1].split(","):
-    sys.modules[name] = None  # `import name` raises ModuleNotFoundError, `find_spec(name)` gives None
-sys.argv = sys.argv[2:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
-
-
-def run_without(blocked, script, *args, keras_home, backend=None, timeout=600):
-    """`python examples/SCRIPT.py ARGS` in a fresh process where the frameworks `blocked` cannot be imported.
-
-    `KERAS_BACKEND` is `backend` (unset for None) and Keras' config lives in `keras_home`, so the
-    user's own `keras.json` plays no part.
-    """
-    env = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
-    env.update(KERAS_HOME=str(keras_home), PYTHONPATH=ROOT)
-    if backend is not None:
-        env["KERAS_BACKEND"] = backend
-    command = [sys.executable, "-c", WITHOUT, ",".join(blocked), os.path.join(EXAMPLES, f"{script}.py"), *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=keras_home)
 
 
 def other_backend():
@@ -51,8 +27,7 @@ def test_help_with_one_framework_and_no_backend_set(script, tmp_path):
     (tmp_path / "keras.json").write_text(json.dumps({"backend": "tensorflow"}))  # what Keras writes by default
     only = other_backend()
     blocked = [name for name in ("jax", "tensorflow", "torch") if name != only]
-    result = run_without(blocked, script, "--help", keras_home=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_without(blocked, os.path.join(EXAMPLES, f"{script}.py"), "--help", keras_home=tmp_path, timeout=300)
     assert "usage:" in result.stdout and f"examples/{script}.py" in result.stdout
 
 
@@ -69,8 +44,8 @@ def test_train_on_an_image_folder_without_tensorflow(tmp_path):
     out = tmp_path / "out"
     args = ["--data", str(tmp_path / "data"), "--image-size", "8", "--epochs", "1", "--batch-size", "4",
             "--sampling-steps", "2", "--output-dir", str(out)]  # fmt: skip
-    result = run_without(["tensorflow"], "train", *args, keras_home=tmp_path, backend=other_backend())
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_without(["tensorflow"], os.path.join(EXAMPLES, "train.py"), *args, keras_home=tmp_path,
+                         backend=other_backend())  # fmt: skip
     assert "read 8 images of 2 classes" in result.stdout
     assert Image.open(out / "samples.png").size[1] > 0 and (out / "sit.keras").stat().st_size > 0
 

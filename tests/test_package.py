@@ -1,11 +1,11 @@
-"""The package's shape: no module of keras_sit imports, even lazily, a module that imports it back."""
+"""The package's shape: no module of keras_sit imports, even lazily, a module that imports it back; what
+`import keras_sit` gives (every subpackage, a backend where none is configured)."""
 
 import ast
 import json
-import os
 import pathlib
-import subprocess
-import sys
+
+from tests.conftest import run_without
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "keras_sit"
 
@@ -66,17 +66,9 @@ def test_no_import_cycle_in_keras_sit():
     assert find_cycle(graph) is None, find_cycle(graph)
 
 
-def run_python(code, tmp_path, blocked=(), backend=None):
-    """`code` in a fresh interpreter with the frameworks `blocked` not importable and Keras' config in `tmp_path`."""
-    env = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
-    env.update(KERAS_HOME=str(tmp_path), PYTHONPATH=str(PACKAGE.parent))
-    if backend:
-        env["KERAS_BACKEND"] = backend
-    prelude = "".join(f"sys.modules[{name!r}] = None\n" for name in blocked)
-    result = subprocess.run([sys.executable, "-c", f"import sys\n{prelude}{code}"], env=env, capture_output=True,
-                            text=True, timeout=300, cwd=tmp_path)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.split()
+def run_python(code, tmp_path, missing=(), backend=None):
+    """The words `code` prints, run in a fresh interpreter without the frameworks `missing`."""
+    return run_without(missing, "-c", code, keras_home=tmp_path, backend=backend, timeout=300).stdout.split()
 
 
 def test_subpackages_resolve_after_import_keras_sit(tmp_path):
@@ -92,12 +84,12 @@ def test_subpackages_resolve_after_import_keras_sit(tmp_path):
 
 def test_an_installed_backend_is_chosen_when_the_configured_one_is_missing(tmp_path):
     (tmp_path / "keras.json").write_text(json.dumps({"backend": "tensorflow"}))
-    report = "import keras_sit, keras\nprint(keras.backend.backend(), sys.modules.get('tensorflow') is not None)"
+    report = "import sys, keras_sit, keras\nprint(keras.backend.backend(), sys.modules.get('tensorflow') is not None)"
     # Keras would load TensorFlow, which is missing: the first installed of JAX and PyTorch instead.
-    assert run_python(report, tmp_path, blocked=["tensorflow"]) == ["jax", "False"]
-    assert run_python(report, tmp_path, blocked=["tensorflow", "jax"]) == ["torch", "False"]
+    assert run_python(report, tmp_path, missing=["tensorflow"]) == ["jax", "False"]
+    assert run_python(report, tmp_path, missing=["tensorflow", "jax"]) == ["torch", "False"]
     # An installed configured backend, and any backend the user sets, are left alone.
     assert run_python(report, tmp_path)[0] == "tensorflow"
     (tmp_path / "keras.json").write_text(json.dumps({"backend": "torch"}))
-    assert run_python(report, tmp_path, blocked=["tensorflow"]) == ["torch", "False"]
-    assert run_python(report, tmp_path, blocked=["tensorflow"], backend="jax") == ["jax", "False"]
+    assert run_python(report, tmp_path, missing=["tensorflow"]) == ["torch", "False"]
+    assert run_python(report, tmp_path, missing=["tensorflow"], backend="jax") == ["jax", "False"]
