@@ -42,149 +42,21 @@ import numpy as np
 from keras import ops
 
 from keras_sit.files import PARTIAL_SUFFIX, write_atomically, write_synced
+from keras_sit.images import (  # noqa: F401  (the image sources are part of this module's API too)
+    ArrayImages,
+    ImageFolder,
+    UnreadableImageError,
+    center_crop,
+    read_image,
+    to_rgb,
+)
 from keras_sit.validation import check_bool, check_choice, check_positive_int, check_seed
 from keras_sit.visualization import to_float
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 CACHE_FILE = "cache.json"
 SKIPPED_FILE = "skipped.json"
 FORMAT_VERSION = 1
 ON_ERROR = ("raise", "skip")
-# Greyscale with more than 8 bits (16-bit PNG and TIFF open as these): values in 0..65535.
-WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
-class UnreadableImageError(ValueError):
-    """An image file that does not decode (truncated, corrupt, not an image). `path` names it."""
-
-    def __init__(self, path, reason):
-        super().__init__(f"Could not read the image {path!r}: {reason}")
-        self.path, self.reason = path, reason
-
-    def __reduce__(self):  # pickles (to and from worker processes) with both arguments
-        return type(self), (self.path, self.reason)
-
-
-def to_rgb(image):
-    """A `PIL.Image` of any mode as 8-bit RGB.
-
-    Pillow's own conversion serves every mode (palette, greyscale, CMYK,
-    RGBA without its alpha) except greyscale wider than 8 bits, which it
-    clips at 255: those are scaled from 0..65535 to 0..255.
-    """
-    from PIL import Image
-
-    if image.mode in WIDE_GREY_MODES:
-        grey = np.clip(np.round(np.asarray(image, dtype="float64") / 257.0), 0, 255).astype("uint8")
-        return Image.fromarray(grey).convert("RGB")  # uint8 [H, W]: mode "L"
-    return image.convert("RGB")
-
-
-def read_image(path):
-    """The image file `path`, decoded whole, as an RGB `PIL.Image` (see `to_rgb`).
-
-    Raises an `UnreadableImageError` (a `ValueError`) naming the file, with
-    Pillow's error as its cause, if the file does not open or decode.
-    """
-    from PIL import Image
-
-    path = os.fspath(path)
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode every pixel now: a truncated file fails here, not later
-            return to_rgb(image)
-    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, ... on bad files
-        raise UnreadableImageError(path, f"{type(error).__name__}: {error}") from error
-
-
-def center_crop(image, image_size):
-    """ADM's center crop of a `PIL.Image` to `image_size` x `image_size`, as uint8 `[H, W, 3]`.
-
-    Box-downsample by 2 while the short side is at least twice the target
-    (fast and alias-free), resize bicubically so the short side is the
-    target, then cut the center square.
-    """
-    from PIL import Image
-
-    check_positive_int("image_size", image_size)
-    image = to_rgb(image)
-    while min(image.size) >= 2 * image_size:
-        image = image.resize(tuple(side // 2 for side in image.size), resample=Image.BOX)
-    scale = image_size / min(image.size)
-    image = image.resize(tuple(round(side * scale) for side in image.size), resample=Image.BICUBIC)
-    array = np.asarray(image)
-    top, left = (array.shape[0] - image_size) // 2, (array.shape[1] - image_size) // 2
-    return array[top : top + image_size, left : left + image_size]
-
-
-class ImageFolder:
-    """Images in class sub-folders (`root/<class>/<image>`), as `(uint8 [S, S, 3], label)` pairs.
-
-    Classes are the sub-folders in sorted order, labels their indices, and
-    the images of a class are taken in sorted order, so the same folder
-    always gives the same sequence. Each image is read whole by `read_image`
-    (any Pillow mode, converted to RGB) and prepared by `center_crop`; a file
-    that does not decode raises an `UnreadableImageError` naming it, which
-    `write_latent_cache(..., on_error="skip")` skips. `find_unreadable()`
-    lists such files up front.
-    """
-
-    def __init__(self, root, image_size):
-        check_positive_int("image_size", image_size)
-        if not os.path.isdir(root):
-            raise ValueError(f"`root` must be a folder of class sub-folders; {root!r} is not a folder.")
-        self.root = os.fspath(root)
-        self.image_size = int(image_size)
-        self.class_names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-        self.files = [
-            (os.path.join(root, name, file), label)
-            for label, name in enumerate(self.class_names)
-            for file in sorted(os.listdir(os.path.join(root, name)))
-            if file.lower().endswith(IMAGE_SUFFIXES)
-        ]
-        if not self.files:
-            raise ValueError(f"`root` {root!r} holds no images in class sub-folders ({', '.join(IMAGE_SUFFIXES)}).")
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, index):
-        path, label = self.files[index]
-        return center_crop(read_image(path), self.image_size), label
-
-    def find_unreadable(self):
-        """The files that do not decode, as `[(path, reason)]`; reads every image once."""
-        unreadable = []
-        for path, _ in self.files:
-            try:
-                read_image(path)
-            except UnreadableImageError as error:
-                unreadable.append((path, error.reason))
-        return unreadable
-
-
-class ArrayImages:
-    """Images already at their size, `uint8 [N, S, S, 3]`, with optional labels `[N]`."""
-
-    def __init__(self, images, labels=None, class_names=None):
-        images = np.asarray(images)
-        if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
-            raise ValueError(f"`images` must be square RGB images [N, S, S, 3]; got shape {images.shape}.")
-        if images.dtype != np.uint8:
-            raise TypeError(f"`images` must be uint8 (0..255); got dtype {images.dtype}.")
-        if labels is not None:
-            labels = np.asarray(labels)
-            if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-                raise ValueError(f"`labels` must be {len(images)} integer class indices; got {labels.shape}.")
-        self.images, self.labels = images, labels
-        self.image_size = images.shape[1]
-        self.class_names = class_names
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, index):
-        return self.images[index], -1 if self.labels is None else int(self.labels[index])
 
 
 def write_latent_cache(
@@ -236,8 +108,8 @@ def write_latent_cache(
         "image_size": _image_size(source, on_error),
         "dtype": dtype,
         "class_names": list(getattr(source, "class_names", None) or []),
-        "autoencoder": _autoencoder_config(autoencoder),
-        "autoencoder_weights_sha256": _fingerprint(autoencoder),
+        "autoencoder": autoencoder_config(autoencoder),
+        "autoencoder_weights_sha256": weights_fingerprint(autoencoder),
     }
     os.makedirs(directory, exist_ok=True)
     existing = _read_json(directory)
@@ -298,12 +170,12 @@ def _image_size(source, on_error):
     raise ValueError(f"No image of `source` could be read ({len(source)} tried).")
 
 
-def _autoencoder_config(autoencoder):
+def autoencoder_config(autoencoder):
     config = keras.saving.serialize_keras_object(autoencoder)["config"]
     return {key: value for key, value in config.items() if key not in ("name", "trainable")}
 
 
-def _fingerprint(autoencoder):
+def weights_fingerprint(autoencoder):
     """A hash of the autoencoder's weights: a cache is only resumed with the same weights."""
     digest = hashlib.sha256()
     for weight in autoencoder.weights:

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_sit.latents import _autoencoder_config, _fingerprint
+from keras_sit.latents import autoencoder_config, weights_fingerprint
 from keras_sit.model import SiT
 from keras_sit.validation import check_choice, check_positive_int
 from keras_sit.visualization import to_float, to_uint8
@@ -231,13 +231,13 @@ class LatentSiT(SiT):
 def _autoencoder_record(autoencoder):
     """What identifies an autoencoder: its class, its configuration (but its dtype and initializer seed) and
     its weights' SHA-256."""
-    config = {key: value for key, value in _autoencoder_config(autoencoder).items() if key not in ("dtype", "seed")}
+    config = {key: value for key, value in autoencoder_config(autoencoder).items() if key not in ("dtype", "seed")}
     return json.loads(
         json.dumps(
             {
                 "class_name": type(autoencoder).__name__,
                 "config": config,
-                "weights_sha256": _fingerprint(autoencoder),
+                "weights_sha256": weights_fingerprint(autoencoder),
             }
         )
     )

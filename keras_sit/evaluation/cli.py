@@ -3,7 +3,7 @@
     python -m keras_sit.evaluation DIR_A DIR_B --inception pt_inception-2015-12-05-6726825d.pth
 
 prints `FID:  <value>`. Each side is a folder of images (read recursively:
-PNG, JPEG, BMP, WebP, TIFF, PPM/PGM; converted to RGB, any sizes) or an
+PNG, JPEG, BMP, GIF, WebP, TIFF, PPM/PGM; converted to RGB, any sizes) or an
 `.npz`: pytorch-fid's statistics (`mu`, `sigma`, as `--save-stats` writes
 them) or an ADM batch (statistics `mu`/`sigma`, or uint8 images in `arr_0`).
 Statistics in a file are used as they are; images are passed through the
@@ -33,8 +33,9 @@ from keras_sit.evaluation.metrics import (
     kernel_inception_distance,
 )
 from keras_sit.evaluation.reference_batches import IMAGES_KEY, read_reference_batch
+from keras_sit.images import IMAGE_SUFFIXES, UnreadableImageError
+from keras_sit.images import read_image as read_rgb
 
-IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 POOL_DIM = 2048  # the FID Inception's pool features
 KID_SEED = 2020  # torch-fidelity's, so that the subsets drawn are its
 PROG = "python -m keras_sit.evaluation"
@@ -57,14 +58,11 @@ def image_files(directory):
 
 
 def read_image(path, argument="image"):
-    """An image file as uint8 RGB `[H, W, 3]` (Pillow's `convert("RGB")`, as pytorch-fid)."""
-    from PIL import Image
-
+    """An image file as uint8 RGB `[H, W, 3]` (`keras_sit.images.read_image`)."""
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError) as error:  # Pillow's UnidentifiedImageError is an OSError
-        raise InputError(f"{argument}: {path!r} cannot be read as an image: {error}") from error
+        return np.asarray(read_rgb(path), dtype=np.uint8)
+    except UnreadableImageError as error:
+        raise InputError(f"{argument}: {path!r} cannot be read as an image: {error.reason}") from error
 
 
 class ImageFolder:
