@@ -24,10 +24,11 @@ import numpy as np
 from keras import ops
 
 import keras_sit
-from keras_sit import backend, samplers
+from keras_sit import backend
 from keras_sit.evaluation.metrics import FeatureStatistics
 from keras_sit.evaluation.runner import extract_features
-from keras_sit.generation import SamplingSettings, guided_drift
+from keras_sit.sampling import SamplingSettings, dopri5
+from keras_sit.sampling.guidance import guided_drift
 from keras_sit.visualization import to_uint8
 
 ATOL, RTOL, CFG, SEED = 1e-6, 1e-3, 2.0, 0
@@ -73,7 +74,7 @@ def main():
         return extract_features(extractor, to_uint8(x))["pool"].astype("float64")
 
     real = FeatureStatistics.from_features(features(images[held_out]))
-    settings = SamplingSettings("dopri5", cfg_scale=CFG, atol=ATOL, rtol=RTOL, clip_data=(-1.0, 1.0))
+    settings = SamplingSettings(sampler="dopri5", cfg_scale=CFG, atol=ATOL, rtol=RTOL, clip_data=(-1.0, 1.0))
     lo, hi = model.transport.interval(model.transport.sample_eps)
     sample_labels = ops.convert_to_tensor(np.repeat(np.arange(10), args.per_class).astype("int32"))
     noise = keras.random.normal((len(sample_labels), *model.data_shape), seed=SEED)
@@ -85,7 +86,7 @@ def main():
 
             def run(x, y, control=control, first_step=first_step):
                 drift = guided_drift(model, settings, y)
-                return samplers.dopri5(drift, x, hi, lo, ATOL, RTOL, first_step=first_step, control=control)
+                return dopri5(drift, x, hi, lo, ATOL, RTOL, first_step=first_step, control=control)
 
             with model_weights(model):
                 fn = backend.compile_inference(model, run)

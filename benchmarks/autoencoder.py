@@ -24,7 +24,7 @@ def run(image_size, batch_size, repeats, precision="float32", config="sd"):
 
     from benchmarks.benchmark import peak_memory_bytes
     from benchmarks.common import device_name
-    from keras_sit.autoencoder import AutoencoderKL
+    from keras_sit.autoencoders import AutoencoderKL
 
     if precision == "bfloat16":
         keras.mixed_precision.set_dtype_policy("mixed_bfloat16")

@@ -319,8 +319,8 @@ def sampling(args, model, config, labels, peak):
     first_s = time.perf_counter() - start
     # Sampling is compared with the peak around its own run.
     sample_s, sample_peak = peak.around(lambda: model.generate(batch, seed=1, **options))
-    ode = args.sampler in keras_sit.samplers.ODE_METHODS
-    nfe = keras_sit.samplers.ode_nfe(args.sampler, args.sampling_steps) if ode else None
+    ode = args.sampler in keras_sit.sampling.sampler_names(kind="ode", adaptive=False)  # fixed-step ODE
+    nfe = keras_sit.sampling.ode_nfe(args.sampler, args.sampling_steps) if ode else None
     result = {
         "sampler": args.sampler,
         "sampling_steps": args.sampling_steps,
@@ -337,7 +337,7 @@ def sampling(args, model, config, labels, peak):
     short = {**options, "num_steps": args.overhead_steps}
     ratios, forward_s = sampling_overhead(
         lambda: model.generate(batch, seed=2, **short),
-        keras_sit.samplers.ode_nfe(args.sampler, args.overhead_steps),
+        keras_sit.sampling.ode_nfe(args.sampler, args.overhead_steps),
         model,
         guided * batch,
         shape,
@@ -401,7 +401,7 @@ def sampling_overhead(sample, nfe, model, batch, shape, num_classes, rounds):
 def loop_seconds_per_evaluation(model, sampler, batch, shape, num_steps=200, repeats=3):
     """Seconds the compiled sampling loop spends a network evaluation outside the network.
 
-    The loop of `generate` (`samplers.integrate_ode`, compiled as `generate`
+    The loop of `generate` (`sampling.integrate_ode`, compiled as `generate`
     compiles it) around a drift that costs nothing, `drift(x, t) = x`:
     the time grid, the solver's update and the loop itself. Best of
     `repeats`. Unlike the rounds of `sampling_overhead`, this is far below
@@ -409,17 +409,17 @@ def loop_seconds_per_evaluation(model, sampler, batch, shape, num_steps=200, rep
     """
     from keras import ops
 
-    from keras_sit import backend, samplers
+    from keras_sit import backend, sampling
 
     x = ops.convert_to_tensor(np.random.default_rng(2).standard_normal((batch, *shape)).astype("float32"))
-    loop = backend.compile_inference(model, lambda x: samplers.integrate_ode(lambda x, t: x, x, num_steps, sampler))
+    loop = backend.compile_inference(model, lambda x: sampling.integrate_ode(lambda x, t: x, x, num_steps, sampler))
     ops.convert_to_numpy(loop(x))
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
         ops.convert_to_numpy(loop(x))
         best = min(best, time.perf_counter() - start)
-    return best / samplers.ode_nfe(sampler, num_steps)
+    return best / sampling.ode_nfe(sampler, num_steps)
 
 
 def profile_block(model, batch, peak, repeats=5):

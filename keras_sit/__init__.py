@@ -9,77 +9,87 @@ configured and TensorFlow missing, it picks an installed one first
 from keras_sit import backend_choice  # noqa: F401  (first: it runs before anything imports Keras)
 
 # isort: split
-from keras_sit import callbacks, convert, distribution, evaluation, latents, presets, samplers, visualization
-from keras_sit.autoencoder import AutoencoderKL
+from keras_sit import (
+    autoencoders,
+    backend,
+    callbacks,
+    convert,
+    distribution,
+    evaluation,
+    functions,
+    images,
+    latents,
+    layers,
+    objectives,
+    paths,
+    presets,
+    sampling,
+    training,
+    visualization,
+)
+from keras_sit.autoencoders import Autoencoder, AutoencoderKL
 from keras_sit.backbone import SiTBackbone
-from keras_sit.convert import export_official_state_dict, import_official_checkpoint
-from keras_sit.functions import (
-    cosine_interpolant,
-    cosine_velocity,
-    linear_interpolant,
-    linear_velocity,
-    output_size,
-    sample_interpolant_time,
-    sit_loss,
+from keras_sit.callbacks import FrechetDistance, SampleGrid
+from keras_sit.convert import (
+    export_official_state_dict,
+    import_autoencoder,
+    import_official_checkpoint,
 )
-from keras_sit.generation import SamplingSettings
-from keras_sit.layers import (
-    MLP,
-    Attention,
-    FinalLayer,
-    LabelEmbedding,
-    PatchEmbedding,
-    SiTBlock,
-    TimestepEmbedding,
-    Unpatchify,
-)
+from keras_sit.evaluation import evaluate
+from keras_sit.images import ArrayImages, ImageFolder
+from keras_sit.latents import LatentDataset, write_latent_cache
 from keras_sit.model import SiT
-from keras_sit.optimizers import AdamW
-from keras_sit.paths import CosinePath, LinearPath, Path, VPPath, get_path
+from keras_sit.objectives import Objective
+from keras_sit.paths import CosinePath, LinearPath, Path, VPPath
 from keras_sit.pipeline import LatentSiT
 from keras_sit.presets import PRESETS, parameter_count
+from keras_sit.training import AdamW
 from keras_sit.transport import Transport
+from keras_sit.visualization import save_image_grid
 
 __version__ = "0.1.0"
 
+# What a user needs at the top; everything else lives in the subpackage of its concept.
 __all__ = [
-    "MLP",
     "PRESETS",
     "AdamW",
-    "Attention",
+    "ArrayImages",
+    "Autoencoder",
     "AutoencoderKL",
     "CosinePath",
-    "FinalLayer",
-    "LabelEmbedding",
+    "FrechetDistance",
+    "ImageFolder",
+    "LatentDataset",
     "LatentSiT",
     "LinearPath",
-    "PatchEmbedding",
+    "Objective",
     "Path",
-    "SamplingSettings",
+    "SampleGrid",
     "SiT",
     "SiTBackbone",
-    "SiTBlock",
-    "TimestepEmbedding",
     "Transport",
-    "Unpatchify",
     "VPPath",
+    "autoencoders",
+    "backend",
     "callbacks",
     "convert",
-    "cosine_interpolant",
-    "cosine_velocity",
     "distribution",
+    "evaluate",
     "evaluation",
     "export_official_state_dict",
-    "get_path",
+    "functions",
+    "images",
+    "import_autoencoder",
     "import_official_checkpoint",
     "latents",
-    "linear_interpolant",
-    "linear_velocity",
-    "output_size",
+    "layers",
+    "objectives",
     "parameter_count",
+    "paths",
     "presets",
-    "sample_interpolant_time",
-    "samplers",
-    "sit_loss",
+    "sampling",
+    "save_image_grid",
+    "training",
     "visualization",
+    "write_latent_cache",
 ]

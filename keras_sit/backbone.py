@@ -57,7 +57,7 @@ def validate_architecture(config):
         raise ValueError(f"`hidden_size` ({hidden_size}) must be divisible by `num_heads` ({num_heads}).")
     check_number("mlp_ratio", config["mlp_ratio"], low=0.0, include_low=False)
     check_number("class_dropout_prob", config["class_dropout_prob"], 0.0, 1.0)
-    check_number("num_steps", config["num_steps"], low=0.0, include_low=False)
+    check_number("time_embedding_scale", config["time_embedding_scale"], low=0.0, include_low=False)
     check_bool("learn_sigma", config["learn_sigma"])
     return data_shape
 
@@ -77,8 +77,8 @@ class SiTBackbone(keras.Model):
         class_dropout_prob: > 0 adds the null class (row `num_classes`) used by
             classifier-free guidance; the dropping itself happens in `SiT`.
         learn_sigma: emit `2C` channels and discard the second half (upstream).
-        num_steps: the time embedding sees `t * num_steps`; 1 is the official
-            embedding of raw `t`.
+        time_embedding_scale: the time embedding sees `t * time_embedding_scale`;
+            1 is the official embedding of raw `t`, 1000 DiT's step indices.
         seed: seed of `initialize_weights`; the same seed gives the same
             weights on every backend.
     """
@@ -95,7 +95,7 @@ class SiTBackbone(keras.Model):
         num_classes=None,
         class_dropout_prob=0.1,
         learn_sigma=False,
-        num_steps=1000,
+        time_embedding_scale=1000,
         seed=None,
         dtype=None,
         **kwargs,
@@ -107,7 +107,9 @@ class SiTBackbone(keras.Model):
         check_float_dtype("dtype", dtype)
         # === Layers === (attributes only after `super().__init__`, which torch requires)
         patch_embedding = PatchEmbedding(patch_size, hidden_size, dtype=dtype, name="x_embedder")
-        time_embedding = TimestepEmbedding(hidden_size, time_scale=float(num_steps), dtype=dtype, name="t_embedder")
+        time_embedding = TimestepEmbedding(
+            hidden_size, time_scale=float(time_embedding_scale), dtype=dtype, name="t_embedder"
+        )
         label_embedding = None
         if num_classes is not None:
             label_embedding = LabelEmbedding(
@@ -147,6 +149,42 @@ class SiTBackbone(keras.Model):
                 setattr(self, name, value)
         self.seed = seed
         self.initialize_weights(seed)
+
+    @property
+    def token_shape(self):
+        """`(num_tokens, hidden_size)` of the tokens between the blocks."""
+        if len(self.data_shape) == 1:
+            return (self.data_shape[0] // self.patch_size, self.hidden_size)
+        height, width, _ = self.data_shape
+        return ((height // self.patch_size) * (width // self.patch_size), self.hidden_size)
+
+    def call_with_tokens(self, inputs, training=False, token_depths=()):
+        """`(prediction, tokens)`: the model's output and the tokens after the blocks in `token_depths`.
+
+        `tokens` maps each depth `k` (1 to `depth`) to the output `[B, N,
+        hidden_size]` of the k-th block, from the same forward pass. Without
+        `token_depths` this is `(self(inputs), {})`.
+        """
+        if not token_depths:
+            return self(inputs, training=training), {}
+        tokens = self.patch_embedding(inputs["x_t"])
+        c = self.time_embedding(inputs["t"])
+        if self.label_embedding is not None:
+            c = ops.add(c, self.label_embedding(inputs["labels"]))
+        kept = {}
+        for depth, block in enumerate(self.blocks, start=1):
+            tokens = block(tokens, c)
+            if depth in token_depths:
+                kept[depth] = tokens
+        return self.unpatchify(self.final_layer(tokens, c)), kept
+
+    @classmethod
+    def from_config(cls, config):
+        # Files that call the time-embedding scale `num_steps` load too.
+        config = dict(config)
+        if "num_steps" in config:
+            config["time_embedding_scale"] = config.pop("num_steps")
+        return cls(**config)
 
     @property
     def null_class(self):

@@ -1,6 +1,6 @@
 """A cache of autoencoder latents on disk, written once and streamed into `fit`.
 
-Latent SiT trains on the posterior of an autoencoder (Stable Diffusion's KL
+Latent SiT trains on the latents of an autoencoder (Stable Diffusion's KL
 autoencoder turns a 256x256x3 image into 32x32x4 latents). Encoding every
 image at every step would cost more than the SiT itself, so the images are
 encoded once:
@@ -12,26 +12,29 @@ encoded once:
   does not decode raises an `UnreadableImageError` (a `ValueError`) naming
   it; `write_latent_cache(..., on_error="skip")` skips such files and lists
   them in the cache's description.
-- `write_latent_cache` encodes each image and its horizontal mirror and
-  stores the posterior's mean and standard deviation (already in the SiT's
-  scaled latent space), not one frozen sample, in shards with per-channel
+- `write_latent_cache` encodes each image and its horizontal mirror with
+  any `keras_sit.autoencoders.Autoencoder` and stores what its
+  `LatentDistribution.cache_arrays()` gives, in the SiT's scaled latent
+  space: a Gaussian posterior's mean and standard deviation (not one frozen
+  sample), or a deterministic encoder's latents, in shards with per-channel
   statistics. Each shard is written to a temporary directory and renamed
   into place, so a half-written shard is never read; after a crash the same
   call resumes and skips the finished shards.
 - `LatentDataset` streams the shards (memory-mapped, never all in memory)
   as a `keras.utils.PyDataset` for `fit`: each time an example is used it
-  draws a fresh latent from the stored posterior and one of the two flips.
+  draws a fresh latent from the stored posterior (where there is one) and
+  one of the two flips.
 
 The cache's layout: `cache.json` (what was encoded, and the statistics once
 complete) and `shard-00000/` ... each holding `mean.npy` and `std.npy`
-(`[n, 2, h, w, c]`, flip index 1 the mirrored image), `labels.npy` (`[n]`,
+(`[n, 2, h, w, c]`, flip index 1 the mirrored image; no `std.npy` for a
+deterministic autoencoder), `labels.npy` (`[n]`,
 -1 when there are none), `sums.npy` (per-channel sums for the statistics)
 and, when images of the shard were skipped, `skipped.json`. Shard `k` holds
 the readable examples among the source's `k * shard_size ... (k + 1) *
 shard_size - 1`, in order, so a shard with skipped images is shorter.
 """
 
-import hashlib
 import itertools
 import json
 import os
@@ -39,8 +42,8 @@ import shutil
 
 import keras
 import numpy as np
-from keras import ops
 
+from keras_sit.autoencoders.base import Autoencoder
 from keras_sit.files import PARTIAL_SUFFIX, write_atomically, write_synced
 from keras_sit.images import (  # noqa: F401  (the image sources are part of this module's API too)
     ArrayImages,
@@ -69,15 +72,16 @@ def write_latent_cache(
             indexing that gives `(uint8 [S, S, 3] image, label)` (label -1
             for none) and an `image_size`. Indexing may raise an
             `UnreadableImageError` for an item that cannot be read.
-        autoencoder: a `keras_sit.AutoencoderKL` (anything with
-            `encode_moments`, `scale_latents` and `scaling_factor`).
+        autoencoder: a `keras_sit.autoencoders.Autoencoder`, e.g. a
+            `keras_sit.AutoencoderKL`.
         directory: where the cache goes. If it holds a finished or partial
             cache of the same source and autoencoder, only missing shards
             are written; a cache of something else raises.
         shard_size: examples per shard.
-        batch_size: images per `encode_moments` call (each is encoded with
-            its mirror, so the autoencoder sees twice as many).
-        dtype: `"float32"` or `"float16"` (half the disk) for the moments.
+        batch_size: images per `encode_distribution` call (each is encoded
+            with its mirror, so the autoencoder sees twice as many).
+        dtype: `"float32"` or `"float16"` (half the disk) for the stored
+            arrays.
         verbose: 1 shows a progress bar over the examples; 1 and 2 print a
             line for each image skipped and their count.
         on_error: what an unreadable image (`UnreadableImageError`: a
@@ -93,6 +97,11 @@ def write_latent_cache(
         `num_examples` counts the source's images, `num_cached` the examples
         stored.
     """
+    if not isinstance(autoencoder, Autoencoder):
+        raise TypeError(
+            "`autoencoder` must be a keras_sit.autoencoders.Autoencoder (such as keras_sit.AutoencoderKL); "
+            f"got {type(autoencoder).__name__}."
+        )
     check_positive_int("shard_size", shard_size)
     check_positive_int("batch_size", batch_size)
     check_choice("dtype", dtype, ("float32", "float16"))
@@ -108,8 +117,8 @@ def write_latent_cache(
         "image_size": _image_size(source, on_error),
         "dtype": dtype,
         "class_names": list(getattr(source, "class_names", None) or []),
-        "autoencoder": autoencoder_config(autoencoder),
-        "autoencoder_weights_sha256": weights_fingerprint(autoencoder),
+        "autoencoder": autoencoder.identity_config(),
+        "autoencoder_weights_sha256": autoencoder.weights_fingerprint(),
     }
     os.makedirs(directory, exist_ok=True)
     existing = _read_json(directory)
@@ -170,19 +179,6 @@ def _image_size(source, on_error):
     raise ValueError(f"No image of `source` could be read ({len(source)} tried).")
 
 
-def autoencoder_config(autoencoder):
-    config = keras.saving.serialize_keras_object(autoencoder)["config"]
-    return {key: value for key, value in config.items() if key not in ("name", "trainable")}
-
-
-def weights_fingerprint(autoencoder):
-    """A hash of the autoencoder's weights: a cache is only resumed with the same weights."""
-    digest = hashlib.sha256()
-    for weight in autoencoder.weights:
-        digest.update(np.ascontiguousarray(ops.convert_to_numpy(weight), "float32").tobytes())
-    return digest.hexdigest()
-
-
 def _readable(source, indices, on_error, skipped, verbose):
     """The `(image, label)` pairs of `indices`; unreadable ones raise, or are appended to `skipped`."""
     for index in indices:
@@ -198,31 +194,30 @@ def _readable(source, indices, on_error, skipped, verbose):
 
 
 def _write_shard(source, autoencoder, directory, shard, start, stop, batch_size, dtype, image_size, on_error, verbose):
-    means, stds, labels, skipped = [], [], [], []
+    stored, labels, skipped = {}, [], []  # file name -> batches of `[n, 2, h, w, c]`
     pairs = _readable(source, range(start, stop), on_error, skipped, verbose)
     while batch := list(itertools.islice(pairs, batch_size)):
         images = to_float(np.stack([image for image, _ in batch]))
         both = np.concatenate([images, images[:, :, ::-1]], axis=0)  # the images, then their mirrors
-        mean, logvar = autoencoder.encode_moments(both)
-        mean = ops.convert_to_numpy(autoencoder.scale_latents(mean))
-        std = ops.convert_to_numpy(ops.exp(0.5 * ops.cast(logvar, "float32"))) * autoencoder.scaling_factor
         n = len(batch)
-        means.append(np.stack([mean[:n], mean[n:]], axis=1))
-        stds.append(np.stack([std[:n], std[n:]], axis=1))
+        for name, array in autoencoder.encode_distribution(both).cache_arrays().items():
+            stored.setdefault(name, []).append(np.stack([array[:n], array[n:]], axis=1))
         labels.extend(label for _, label in batch)
-    if not means:  # every image of the shard skipped: empty arrays of the latents' shape
-        mean, _ = autoencoder.encode_moments(np.zeros((1, image_size, image_size, 3), "float32"))
-        means = stds = [np.zeros((0, 2, *ops.convert_to_numpy(mean).shape[1:]), "float32")]
-    mean, std = np.concatenate(means).astype(dtype), np.concatenate(stds).astype(dtype)
-    # Per channel: count, sum and sum of squares of the means, and the sum of the variances.
-    values = mean.astype("float64").reshape(-1, mean.shape[-1])
-    variances = np.square(std.astype("float64")).reshape(-1, std.shape[-1])
+    if not stored:  # every image of the shard skipped: empty arrays of what the autoencoder stores
+        arrays = autoencoder.encode_distribution(np.zeros((1, image_size, image_size, 3), "float32")).cache_arrays()
+        stored = {name: [np.zeros((0, 2, *array.shape[1:]), "float32")] for name, array in arrays.items()}
+    arrays = {name: np.concatenate(batches).astype(dtype) for name, batches in stored.items()}
+    # Per channel: count, sum and sum of squares of the means, and the sum of the variances (0 without `std`).
+    values = arrays["mean"].astype("float64").reshape(-1, arrays["mean"].shape[-1])
+    variances = np.zeros_like(values)
+    if "std" in arrays:
+        variances = np.square(arrays["std"].astype("float64")).reshape(values.shape)
     sums = np.stack([np.full(values.shape[1], len(values)), values.sum(0), np.square(values).sum(0), variances.sum(0)])
     final = _shard_path(directory, shard)
     partial = final + PARTIAL_SUFFIX
     shutil.rmtree(partial, ignore_errors=True)  # left by a crash
     os.makedirs(partial)
-    for name, array in (("mean", mean), ("std", std), ("labels", np.asarray(labels, "int32")), ("sums", sums)):
+    for name, array in (*arrays.items(), ("labels", np.asarray(labels, "int32")), ("sums", sums)):
         write_synced(os.path.join(partial, f"{name}.npy"), lambda file, array=array: np.save(file, array))
     if skipped:
         content = json.dumps(skipped, indent=1).encode()
@@ -288,7 +283,8 @@ class LatentDataset(keras.utils.PyDataset):
 
     Every time an example is used, one of its two flips is chosen and a
     latent is drawn from the stored posterior, `mean + std * N(0, I)`
-    (`sample=False` takes the mean). The order is a fresh permutation every
+    (`sample=False` takes the mean; a cache of a deterministic autoencoder
+    stores no `std` and always gives its latents). The order is a fresh permutation every
     epoch. Draws come from a NumPy generator keyed by `(seed, epoch, batch)`,
     so a seed gives the same batches on every backend and every run. The
     shards are memory-mapped: only the examples of a batch are read. Images
@@ -330,7 +326,9 @@ class LatentDataset(keras.utils.PyDataset):
         self.seed = int(np.random.default_rng().integers(2**31 - 1)) if seed is None else int(seed)
         shards = [_shard_path(directory, s) for s in range(self.description["num_shards"])]
         means = [np.load(os.path.join(s, "mean.npy"), mmap_mode="r") for s in shards]
-        stds = [np.load(os.path.join(s, "std.npy"), mmap_mode="r") for s in shards]
+        # A deterministic autoencoder's cache has no `std`: its latents are the means.
+        self.stochastic = os.path.exists(os.path.join(shards[0], "std.npy"))
+        stds = [np.load(os.path.join(s, "std.npy"), mmap_mode="r") if self.stochastic else None for s in shards]
         labels = np.concatenate([np.load(os.path.join(s, "labels.npy")) for s in shards])
         self.labels = None if np.all(labels < 0) else labels
         self.shard_size = self.description["shard_size"]
@@ -376,15 +374,16 @@ class LatentDataset(keras.utils.PyDataset):
         indices = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         flips = rng.integers(0, 2, len(indices)) if self.flip else np.zeros(len(indices), "int64")
+        sample = self.sample and self.stochastic
         means = np.empty((len(indices), *self.latent_shape), "float32")
-        stds = np.empty_like(means) if self.sample else None
+        stds = np.empty_like(means) if sample else None
         for row, (example, flip) in enumerate(zip(indices, flips)):
             shard = int(np.searchsorted(self._starts, example, side="right")) - 1
             offset = int(example) - int(self._starts[shard])
             means[row] = self._means[shard][offset, flip]
-            if self.sample:
+            if sample:
                 stds[row] = self._stds[shard][offset, flip]
-        latents = means + stds * rng.standard_normal(means.shape, dtype="float32") if self.sample else means
+        latents = means + stds * rng.standard_normal(means.shape, dtype="float32") if sample else means
         if self.labels is None:
             return latents
         return latents, self.labels[indices].astype("int32")

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_sit import fused
+from keras_sit.backend import fused
 from keras_sit.validation import check_bool, check_number, check_positive_int
 
 LAYER_NORM_EPSILON = 1e-6  # official value; Keras' default is 1e-3

@@ -4,9 +4,11 @@ Training follows the Keras 3 pattern that runs unchanged on JAX, TensorFlow
 and PyTorch, with `jit_compile` on or off: `call` is the objective's forward
 pass (it draws `t`, the noise and the label drops from the model's
 `SeedGenerator`, builds `x_t` and the target from the path and runs the
-backbone), and `compute_loss` reduces it. The trainers thread the generator's
-state through the compiled step, so every step draws fresh values. Sampling
-lives in `keras_sit.generation`, the EMA's bookkeeping in `keras_sit.ema`.
+backbone), and `compute_loss` adds up the model's objectives
+(`keras_sit.objectives`). The trainers thread the generator's state through
+the compiled step, so every step draws fresh values. Sampling lives in
+`keras_sit.sampling`, the step guard and the EMA's bookkeeping in
+`keras_sit.training`.
 """
 
 import random
@@ -15,37 +17,33 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_sit import backend, ema, fused, step_guard
+from keras_sit import backend
 from keras_sit.backbone import ARCHITECTURE_DEFAULTS, SiTBackbone
 from keras_sit.files import save_atomically
-from keras_sit.functions import sit_loss
-from keras_sit.generation import SamplingMixin
-from keras_sit.optimizers import AdamW
+from keras_sit.objectives import InterpolantLoss, Objective
 from keras_sit.presets import preset_config
+from keras_sit.sampling.methods import SamplingMixin
+from keras_sit.training import step_guard
+from keras_sit.training.trainer import TrainingMixin
 from keras_sit.transport import TRANSPORT_DEFAULTS, Transport
 from keras_sit.validation import (
     SEED_LIMIT,
-    check_bool,
     check_choice,
     check_data,
-    check_finite,
     check_float_dtype,
-    check_label_values,
     check_labels,
-    check_number,
     check_seed,
-    element_spec_inputs,
-    in_memory,
     resolve_depth_alias,
     split_inputs,
 )
 
-EMA_DECAY = 0.9999  # the official SiT's EMA decay
 TIME_CONVENTIONS = ("keras_sit", "official")
+# The defaults are declared by `SiTBackbone` and `Transport`; `SiT` shows them in its signature.
+_ARCH, _PATH = ARCHITECTURE_DEFAULTS, TRANSPORT_DEFAULTS
 
 
 @keras.saving.register_keras_serializable(package="keras_sit")
-class SiT(SamplingMixin, keras.Model):
+class SiT(TrainingMixin, SamplingMixin, keras.Model):
     """Scalable Interpolant Transformer: a `SiTBackbone`, a path and the objective.
 
     Train with `compile()` + `fit(x)` or `fit(x, labels)` (arrays, a
@@ -55,6 +53,17 @@ class SiT(SamplingMixin, keras.Model):
     space the samples should come back in (for images, typically [-1, 1]).
 
     Args:
+        input_shape, input_dim, patch_size, hidden_size, depth, num_heads,
+            mlp_ratio, num_classes, class_dropout_prob, learn_sigma,
+            time_embedding_scale: the architecture, see `SiTBackbone`
+            (`num_layers` is an alias of `depth`).
+        path, prediction, loss_weight, train_eps, sample_eps, time_sampler,
+            time_loc, time_scale: the interpolant, see `keras_sit.Transport`:
+            `path` `"linear"` (`x_t = (1 - t) x + t eps`), `"cosine"`, `"vp"`
+            or a `keras_sit.Path`; `prediction` `"velocity"`, `"score"` or
+            `"noise"`.
+        objectives: further terms of the loss (`keras_sit.objectives.Objective`),
+            added to the interpolant loss and logged apart by name.
         time_convention: `"keras_sit"` (the network sees our `t`), or
             `"official"` for weights imported from the official PyTorch SiT
             (`keras_sit.import_official_checkpoint`): the network then sees
@@ -63,41 +72,71 @@ class SiT(SamplingMixin, keras.Model):
         seed: seeds the weights, the training noise stream and the default
             sampling noise stream. None draws one, which is then kept in the
             config so that a saved model stays reproducible.
-        **kwargs: keyword arguments of
-            - `SiTBackbone`, the architecture: `input_shape` or `input_dim`,
-              `patch_size`, `hidden_size`, `depth` (alias `num_layers`),
-              `num_heads`, `mlp_ratio`, `num_classes`, `class_dropout_prob`,
-              `learn_sigma`, `num_steps`;
-            - `keras_sit.Transport`, the objective: `path` (`"linear"`,
-              `x_t = (1 - t) x + t eps`, `"cosine"`, `"vp"` or a
-              `keras_sit.Path`), `prediction` (`"velocity"`, `"score"` or
-              `"noise"`), `loss_weight`, `train_eps`, `sample_eps`,
-              `time_sampler`, `time_loc`, `time_scale`;
-            - `keras.Model`: `name`, `dtype`, ...
+        name, dtype, **kwargs: `keras.Model`'s.
 
-    `model(x)` runs the objective's forward pass and returns
-    `{"pred": ..., "target": ...}`; `model.velocity(x_t, t, labels)` is the
+    `model(x)` runs the objective's forward pass and returns a dict with the
+    prediction `"pred"`, its `"target"`, `"t"`, `"noise"`, `"x_t"` (and the
+    tokens the objectives read); `model.velocity(x_t, t, labels)` is the
     network's velocity field, which is what samplers integrate.
     """
 
-    def __init__(self, time_convention="keras_sit", seed=None, **kwargs):
-        kwargs = resolve_depth_alias(kwargs, ARCHITECTURE_DEFAULTS["depth"])
-        architecture = {name: kwargs.pop(name) for name in ARCHITECTURE_DEFAULTS if name in kwargs}
-        objective = {name: kwargs.pop(name) for name in TRANSPORT_DEFAULTS if name in kwargs}
+    def __init__(
+        self,
+        *,
+        input_shape=None,
+        input_dim=None,
+        patch_size=_ARCH["patch_size"],
+        hidden_size=_ARCH["hidden_size"],
+        depth=_ARCH["depth"],
+        num_heads=_ARCH["num_heads"],
+        mlp_ratio=_ARCH["mlp_ratio"],
+        num_classes=None,
+        class_dropout_prob=_ARCH["class_dropout_prob"],
+        learn_sigma=_ARCH["learn_sigma"],
+        time_embedding_scale=_ARCH["time_embedding_scale"],
+        num_layers=None,
+        path=_PATH["path"],
+        prediction=_PATH["prediction"],
+        loss_weight=_PATH["loss_weight"],
+        train_eps=_PATH["train_eps"],
+        sample_eps=_PATH["sample_eps"],
+        time_sampler=_PATH["time_sampler"],
+        time_loc=_PATH["time_loc"],
+        time_scale=_PATH["time_scale"],
+        objectives=(),
+        time_convention="keras_sit",
+        seed=None,
+        name=None,
+        dtype=None,
+        **kwargs,
+    ):
+        arguments = locals()
+        architecture = resolve_depth_alias(
+            {key: arguments[key] for key in (*ARCHITECTURE_DEFAULTS, "num_layers") if arguments[key] is not None},
+            _ARCH["depth"],
+        )
+        architecture.setdefault("input_shape", None)
         check_seed(seed)
         seed = random.randrange(SEED_LIMIT) if seed is None else int(seed)
-        transport = Transport(**objective)
+        transport = Transport(**{key: arguments[key] for key in TRANSPORT_DEFAULTS})
         check_choice("time_convention", time_convention, TIME_CONVENTIONS)
-        check_float_dtype("dtype", kwargs.get("dtype"))
-        super().__init__(**kwargs)
+        check_float_dtype("dtype", dtype)
+        objectives = _objectives(objectives)
+        super().__init__(name=name, dtype=dtype, **kwargs)
         self.transport = transport
         self.time_convention = time_convention
         self.seed = seed
         self.backbone = SiTBackbone(**architecture, seed=seed, dtype=self.dtype_policy, name="backbone")
+        # The interpolant loss first; every term but it is logged under its objective's name.
+        self.objectives = [InterpolantLoss(), *objectives]
+        for objective in self.objectives:
+            if not objective.built:
+                objective.build(self.backbone.token_shape)
+        self.term_trackers = [keras.metrics.Mean(name=objective.name) for objective in objectives]
         self.seed_generator = keras.random.SeedGenerator(seed, name="training_seed")
         self.sampling_seed_generator = keras.random.SeedGenerator(seed + 1, name="sampling_seed")
         self._compiled_loops = {}  # see `SamplingMixin._compiled`
-        # See `keras_sit.step_guard`: the first bad step of a `fit`, and of an `evaluate`.
+        # See `keras_sit.training.step_guard`: the first bad step of a `fit`, and of an `evaluate`.
         self.training_record = step_guard.StepRecord(name="training_record")
         self.evaluation_record = step_guard.StepRecord(name="evaluation_record")
         self.built = True
@@ -135,111 +174,6 @@ class SiT(SamplingMixin, keras.Model):
         # the target and the loss are computed from float32 data.
         return "float32"
 
-    # --- Training -----------------------------------------------------------
-
-    def compile(self, optimizer=None, loss=None, jit_compile="auto", use_ema=False, ema_decay=None, **kwargs):
-        """Like `keras.Model.compile`; the optimizer defaults to the official
-        AdamW (learning rate 1e-4, no weight decay) as `keras_sit.AdamW`:
-        Keras' AdamW with fused kernels on PyTorch. The loss is SiT's own.
-
-        `jit_compile="auto"` compiles the step with XLA on JAX and TensorFlow
-        and runs it eager on PyTorch. Keras' own "auto" leaves XLA off for
-        TensorFlow on a CPU-only machine, where XLA trains SiT about 1.6x
-        faster (docs/performance.md); under a `tf.distribute` strategy with
-        several replicas "auto" stays Keras' choice.
-
-        `use_ema=True` makes the default optimizer keep an exponential moving
-        average of the weights (Keras' `use_ema`, `ema_momentum=ema_decay`,
-        default 0.9999 as the official SiT); `generate`, `encode` and
-        `log_likelihood` then sample with it. A custom optimizer takes these
-        options itself: `keras_sit.AdamW(..., use_ema=True, ema_momentum=0.9999)`.
-        """
-        if loss is not None:
-            raise ValueError("`loss` must be None: SiT computes its own objective (see `SiT.compute_loss`).")
-        check_bool("use_ema", use_ema)
-        if ema_decay is not None and not use_ema:
-            raise ValueError(f"`ema_decay` ({ema_decay!r}) needs `use_ema=True`.")
-        decay = check_number("ema_decay", EMA_DECAY if ema_decay is None else ema_decay, 0.0, 1.0)
-        if use_ema and optimizer is not None:
-            raise ValueError(
-                "`use_ema` configures the default optimizer only; pass it to your optimizer instead, e.g. "
-                f"`keras_sit.AdamW(1e-4, weight_decay=0.0, use_ema=True, ema_momentum={decay})`."
-            )
-        if optimizer is None:
-            optimizer = AdamW(
-                learning_rate=1e-4, weight_decay=0.0, **({"use_ema": True, "ema_momentum": decay} if use_ema else {})
-            )
-        resolved = backend.auto_jit_compile() if jit_compile == "auto" else jit_compile
-        super().compile(optimizer=optimizer, jit_compile=resolved, **kwargs)
-        self._jit_compile_argument = jit_compile
-        step_guard.guard_optimizer(self)
-
-    def get_compile_config(self):
-        config = super().get_compile_config()
-        if not config:  # not compiled
-            return config
-        # Keras saves the value "auto" resolved to on this backend (True on JAX); keep the
-        # argument, so that a model saved under JAX does not switch on torch.compile when
-        # loaded under PyTorch.
-        config = {**config, "jit_compile": getattr(self, "_jit_compile_argument", config.get("jit_compile"))}
-        return _portable_compile_config(config)
-
-    def compile_from_config(self, config):
-        # Keras skips this for models that override `compile`; a loaded SiT
-        # must come back compiled, with its optimizer state.
-        self.compile(**keras.saving.deserialize_keras_object(_portable_compile_config(config)))
-        self.optimizer.build(self.trainable_variables)
-
-    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
-        """`keras.Model.fit`, except that with an EMA the training weights stay.
-
-        Keras' `fit` ends by overwriting the weights with their EMA
-        (`optimizer.finalize_variable_values`), so a second `fit` would
-        silently restart from the average. SiT keeps the training weights (a
-        second `fit` continues exactly) and the EMA in the optimizer, where
-        `generate` finds it; `apply_ema()` copies it into the weights.
-        """
-        self._check_fit_data(x, y)
-        if isinstance(validation_data, (tuple, list)) and validation_data:
-            self._check_fit_data(validation_data[0], validation_data[1] if len(validation_data) > 1 else None)
-        elif validation_data is not None:
-            self._check_fit_data(validation_data, None)
-        callbacks = [step_guard.StopOnBadStep(), *(kwargs.pop("callbacks", None) or [])]
-        with self.training_record.checking("fit"), ema.training_weights_kept(getattr(self, "optimizer", None)):
-            return super().fit(x, y, *args, validation_data=validation_data, callbacks=callbacks, **kwargs)
-
-    def train_on_batch(self, x, y=None, *args, **kwargs):
-        """`keras.Model.train_on_batch`; a bad batch is not applied and raises a `ValueError`."""
-        with self.training_record.checking("train_on_batch"):
-            return super().train_on_batch(x, y, *args, **kwargs)
-
-    def evaluate(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.evaluate`; a batch with NaN, Inf or labels outside
-        `[0, num_classes)` raises a `ValueError` naming it."""
-        self._check_fit_data(x, y)
-        with self.evaluation_record.checking("evaluate"):
-            return super().evaluate(x, y, *args, **kwargs)
-
-    def _check_fit_data(self, x, y):
-        """Check arrays, tensors and `tf.data` element specs before Keras starts.
-
-        On JAX a `ValueError` raised while the train step is traced leaves the
-        model's variables detached (Keras has moved them into the jitted
-        state), so bad data must be caught before `fit`/`evaluate` begin.
-        Other inputs (generators, `PyDataset`, `DataLoader`) are checked in
-        the step itself.
-        """
-        x, y = element_spec_inputs(x, y)
-        if hasattr(x, "shape") and hasattr(x, "dtype"):
-            self._check_inputs(x, y)
-            if x.shape[0] == 0:
-                raise ValueError(f"`x` must hold at least one example; got shape {tuple(x.shape)}.")
-            # In-memory data can be checked by value too: NaN or Inf would turn every weight into
-            # NaN, and a label outside the table would read past it (NaN on JAX, a crash elsewhere).
-            check_finite(x, "x")
-            if y is not None and self.num_classes is not None and in_memory(y):
-                check_label_values(y, self.num_classes, "labels")
-
     def _check_inputs(self, x, labels, symbolic_build=False):
         check_data(x, self.data_shape, "x")
         if self.num_classes is None:
@@ -256,9 +190,14 @@ class SiT(SamplingMixin, keras.Model):
                 "e.g. `fit(x, labels)` or a dataset of `(x, labels)` pairs."
             )
 
+    @property
+    def extra_inputs(self):
+        """The per-example inputs besides `x` and `labels` that the objectives read (dict keys of `x`)."""
+        return tuple(sorted({key for objective in self.objectives for key in objective.extra_inputs}))
+
     def call(self, inputs, training=False):
-        """Objective forward pass: draw `t` and noise, return prediction and target."""
-        x, labels = split_inputs(inputs)
+        """Objective forward pass: draw `t` and noise, return prediction, target and what the objectives read."""
+        x, labels = split_inputs(inputs, self.extra_inputs)
         # Keras' symbolic build of a model calls it on the raw `x` of a batch.
         self._check_inputs(x, labels, symbolic_build=isinstance(x, keras.KerasTensor))
         x = ops.cast(x, "float32")
@@ -268,33 +207,42 @@ class SiT(SamplingMixin, keras.Model):
         noise = backend.per_replica_draw(
             batch, lambda n: keras.random.normal((n, *ops.shape(x)[1:]), seed=self.seed_generator)
         )
-        backbone_inputs = {"x_t": self.interpolant.interpolate(x, noise, t), "t": t}
+        x_t = self.interpolant.interpolate(x, noise, t)
+        backbone_inputs = {"x_t": x_t, "t": t}
         if self.num_classes is not None:
             labels = ops.zeros((batch,), "int32") if labels is None else ops.cast(ops.reshape(labels, (-1,)), "int32")
             # A label outside the table would read past it (NaN on JAX, a crash elsewhere): clamp it;
             # the step that holds it is skipped (`_labels_in_range`).
             labels = ops.clip(labels, 0, self.num_classes - 1)
             backbone_inputs["labels"] = self.drop_labels(labels) if training else labels
-        outputs = {
-            "pred": self.network(backbone_inputs, training=training),
-            "target": self.transport.target(x, noise, t),
-        }
+        depths = tuple(sorted({depth for objective in self.objectives for depth in objective.token_depths}))
+        if depths:
+            pred, tokens = self.network(backbone_inputs, training=training, token_depths=depths)
+        else:
+            pred, tokens = self.network(backbone_inputs, training=training), {}
+        outputs = {"pred": pred, "target": self.transport.target(x, noise, t), "t": t, "noise": noise, "x_t": x_t}
         weight = self.transport.example_weight(t)
         if weight is not None:
             outputs["weight"] = weight
+        if tokens:
+            outputs["tokens"] = tokens
         return outputs
 
-    def network(self, inputs, training=False):
+    def network(self, inputs, training=False, token_depths=()):
         """The backbone's prediction in our time convention (see `time_convention`).
 
         Always float32: under a mixed policy the backbone runs in bf16, and
         its output is cast back so that guidance, the conversions and the
-        samplers' state stay in float32.
+        samplers' state stay in float32. With `token_depths`, returns
+        `(prediction, tokens)` as `SiTBackbone.call_with_tokens` does.
         """
-        if self.time_convention == "keras_sit":
-            return ops.cast(self.backbone(inputs, training=training), "float32")
-        output = ops.cast(self.backbone({**inputs, "t": ops.subtract(1.0, inputs["t"])}, training=training), "float32")
-        return ops.negative(output) if self.prediction == "velocity" else output
+        if self.time_convention == "official":
+            inputs = {**inputs, "t": ops.subtract(1.0, inputs["t"])}
+        output, tokens = self.backbone.call_with_tokens(inputs, training=training, token_depths=token_depths)
+        output = ops.cast(output, "float32")
+        if self.time_convention == "official" and self.prediction == "velocity":
+            output = ops.negative(output)
+        return (output, tokens) if token_depths else output
 
     def drop_labels(self, labels):
         """Replace each label by the null class with probability `class_dropout_prob`.
@@ -311,11 +259,16 @@ class SiT(SamplingMixin, keras.Model):
         return ops.where(drop, self.backbone.null_class, labels)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The weighted sum of the objectives' terms (`keras_sit.objectives`)."""
         if sample_weight is not None:
             raise ValueError("`sample_weight` is not supported by SiT's objective.")
-        loss = backend.per_replica_loss(sit_loss(y_pred["pred"], y_pred["target"], y_pred.get("weight")))
+        batch = self._batch(x)
+        terms = [objective.term(batch, y_pred, training=training) for objective in self.objectives]
+        for tracker, term in zip(self.term_trackers, terms[1:]):
+            tracker.update_state(term)
+        loss = backend.per_replica_loss(sum(objective.weight * term for objective, term in zip(self.objectives, terms)))
         # A bad batch, or any batch after one in `fit`, gets a NaN loss, hence NaN gradients, so
-        # that the guarded optimizer skips it (`keras_sit.step_guard`).
+        # that the train step skips it (`keras_sit.training.step_guard`).
         valid = self._labels_in_range(x)
         if training:
             valid = ops.logical_and(valid, ops.logical_not(self.training_record.halted))
@@ -327,70 +280,26 @@ class SiT(SamplingMixin, keras.Model):
             loss = loss + ops.sum(ops.stack(extra_losses))
         return loss
 
+    def _batch(self, inputs):
+        """The batch as the objectives read it: `x` (float32), `labels` and the extra inputs."""
+        x, labels = split_inputs(inputs, self.extra_inputs)
+        batch = {"x": None if x is None else ops.cast(x, "float32"), "labels": labels}
+        for key in self.extra_inputs:
+            if not isinstance(inputs, dict) or key not in inputs:
+                raise ValueError(
+                    f"This SiT's objectives read the per-example input {key!r}: pass `x` as a dict "
+                    f"{{'x': ..., {key!r}: ...}}."
+                )
+            batch[key] = inputs[key]
+        return batch
+
     def _labels_in_range(self, inputs):
         """Whether the labels of a batch's `inputs` are all in `[0, num_classes)` (True without labels)."""
-        _, labels = split_inputs(inputs)
+        _, labels = split_inputs(inputs, self.extra_inputs)
         if labels is None or self.num_classes is None:
             return True
         labels = ops.reshape(labels, (-1,))
         return ops.all(ops.logical_and(labels >= 0, labels < self.num_classes))
-
-    def _labels_into_x(self, data):
-        """Keras hands labels over as `y`; the forward pass needs them in `x`."""
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if y is not None:
-            x = {"x": x, "labels": y}
-        return (x, None, sample_weight)
-
-    def train_step(self, *args):
-        # One method for every backend: JAX passes `(state, data)`, the others `(data,)`.
-        step_guard.begin_step(training=True)
-        return super().train_step(*args[:-1], self._labels_into_x(args[-1]))
-
-    def test_step(self, *args):
-        step_guard.begin_step(training=False)
-        return super().test_step(*args[:-1], self._labels_into_x(args[-1]))
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        # Runs after the optimizer in a train step, on every backend: record a skipped step.
-        step = step_guard.current_step()
-        if step is not None:
-            labels_valid = backend.all_replicas(self._labels_in_range(x))
-            outputs_finite = backend.all_replicas(fused.all_finite([y_pred["pred"], y_pred["target"]]))
-            if step["training"]:
-                record = self.training_record
-                applied = step.get("applied", True)
-            else:
-                record = self.evaluation_record
-                applied = ops.logical_and(labels_valid, outputs_finite)
-            record.update_state(applied, labels_valid, outputs_finite)
-            step_guard.end_step()
-        return super().compute_metrics(x, y, y_pred, sample_weight)
-
-    # --- EMA ----------------------------------------------------------------
-
-    @property
-    def has_ema(self):
-        """Whether the optimizer holds an EMA of the weights (`use_ema` and at least one step)."""
-        return ema.has_ema(getattr(self, "optimizer", None))
-
-    def ema_weights(self):
-        """Context in which the trainable weights hold their EMA.
-
-        The training weights are copied aside and put back bit for bit on
-        exit. `generate`, `encode` and `log_likelihood` use it by default;
-        use it for anything else that should see the EMA, e.g.
-        `with model.ema_weights(): model.evaluate(x)`.
-        """
-        return ema.swapped_in(ema.ema_pairs(getattr(self, "optimizer", None), "`ema_weights()`"))
-
-    def apply_ema(self):
-        """Overwrite the training weights with their EMA, for good.
-
-        What Keras' `fit` does at its end (SiT's `fit` does not, see `fit`):
-        e.g. before exporting the weights, or to keep training from the EMA.
-        """
-        ema.copy_in(ema.ema_pairs(getattr(self, "optimizer", None), "`apply_ema()`"))
 
     # --- Saving -------------------------------------------------------------
 
@@ -433,7 +342,7 @@ class SiT(SamplingMixin, keras.Model):
 
     def get_config(self):
         backbone = self.backbone.get_config()
-        return {
+        config = {
             "name": self.name,
             "trainable": self.trainable,
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
@@ -442,16 +351,30 @@ class SiT(SamplingMixin, keras.Model):
             "time_convention": self.time_convention,
             "seed": self.seed,
         }
+        if len(self.objectives) > 1:
+            config["objectives"] = [keras.saving.serialize_keras_object(o) for o in self.objectives[1:]]
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "num_steps" in config:  # files that call the time-embedding scale `num_steps`
+            config["time_embedding_scale"] = config.pop("num_steps")
+        return cls(**config)
 
 
-def _portable_compile_config(config):
-    """Name the optimizer by its public class, not the backend's subclass.
-
-    Under PyTorch, `keras.optimizers.Adam()` is an instance of a torch
-    subclass whose module Keras saves; loaded under JAX or TensorFlow it
-    would run torch code.
-    """
-    optimizer = config.get("optimizer")
-    if isinstance(optimizer, dict) and str(optimizer.get("module", "")).startswith("keras.src.backend."):
-        config = {**config, "optimizer": {**optimizer, "module": "keras.optimizers", "registered_name": None}}
-    return config
+def _objectives(objectives):
+    """The extra objectives as a list of `Objective`s (serialized ones deserialized)."""
+    if isinstance(objectives, Objective):
+        objectives = [objectives]
+    objectives = [keras.saving.deserialize_keras_object(o) if isinstance(o, dict) else o for o in objectives]
+    for objective in objectives:
+        if not isinstance(objective, Objective) or isinstance(objective, InterpolantLoss):
+            raise TypeError(
+                "`objectives` must be `keras_sit.objectives.Objective`s besides the interpolant loss, which "
+                f"every SiT has; got {objective!r}."
+            )
+    names = [objective.name for objective in objectives]
+    if len(set(names)) != len(names) or "loss" in names:
+        raise ValueError(f"`objectives` need distinct names other than 'loss' (they name the logs); got {names}.")
+    return objectives

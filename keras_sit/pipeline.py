@@ -1,9 +1,10 @@
 """`LatentSiT`: a SiT that lives in an autoencoder's latent space, images in and out.
 
 This is how SiT is trained and sampled at 256x256 and above: the transformer
-models Stable Diffusion's scaled KL latents, and the autoencoder turns
-samples back into pictures. `LatentSiT` is a `SiT` whose data are those
-latents and which holds the (frozen) autoencoder:
+models an autoencoder's scaled latents (Stable Diffusion's KL autoencoder in
+the paper), and the autoencoder turns samples back into pictures.
+`LatentSiT` is a `SiT` whose data are those latents and which holds the
+(frozen) autoencoder, any `keras_sit.autoencoders.Autoencoder`:
 
     vae = keras_sit.convert.import_autoencoder("sd-vae-ft-ema/")
     keras_sit.latents.write_latent_cache(keras_sit.latents.ImageFolder("images/", 256), vae, "cache/")
@@ -29,7 +30,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_sit.latents import autoencoder_config, weights_fingerprint
+from keras_sit.autoencoders.base import Autoencoder
 from keras_sit.model import SiT
 from keras_sit.validation import check_choice, check_positive_int
 from keras_sit.visualization import to_float, to_uint8
@@ -44,8 +45,9 @@ class LatentSiT(SiT):
     """A `SiT` on an autoencoder's scaled latents, which `generate` decodes into images.
 
     Args:
-        autoencoder: a `keras_sit.AutoencoderKL` (or its serialized config).
-            It is frozen: `fit` trains the SiT only.
+        autoencoder: a `keras_sit.autoencoders.Autoencoder` such as a
+            `keras_sit.AutoencoderKL` (or its serialized config). It is
+            frozen: `fit` trains the SiT only.
         image_size: the side of the (square) images; sets the SiT's
             `input_shape` to the latents' shape. Or give `input_shape`
             (latent height, width, channels) directly.
@@ -60,14 +62,13 @@ class LatentSiT(SiT):
     def __init__(self, autoencoder, image_size=None, **kwargs):
         if isinstance(autoencoder, dict):
             autoencoder = keras.saving.deserialize_keras_object(autoencoder)
-        if not all(hasattr(autoencoder, name) for name in ("encode", "decode", "latent_channels")):
-            raise TypeError(f"`autoencoder` must be a keras_sit.AutoencoderKL; got {type(autoencoder).__name__}.")
+        _check_autoencoder_type(autoencoder)
         factor = autoencoder.downsampling_factor
         if image_size is not None:
             check_positive_int("image_size", image_size)
             if image_size % factor:
                 raise ValueError(f"`image_size` ({image_size}) must be divisible by the autoencoder's {factor}.")
-            latent_shape = (image_size // factor, image_size // factor, autoencoder.latent_channels)
+            latent_shape = autoencoder.latent_shape((image_size, image_size))
             if kwargs.get("input_shape") not in (None, latent_shape, list(latent_shape)):
                 raise ValueError(
                     f"`input_shape` {kwargs['input_shape']} does not match `image_size` {image_size}, whose "
@@ -174,10 +175,8 @@ class LatentSiT(SiT):
             **kwargs: `keras.saving.load_model`'s (`compile`, `safe_mode`,
                 `custom_objects`).
         """
-        if autoencoder is not None and not all(
-            hasattr(autoencoder, n) for n in ("encode", "decode", "latent_channels")
-        ):
-            raise TypeError(f"`autoencoder` must be a keras_sit.AutoencoderKL; got {type(autoencoder).__name__}.")
+        if autoencoder is not None:
+            _check_autoencoder_type(autoencoder)
         token = _AUTOENCODER_TO_LOAD.set(autoencoder)
         try:
             model = keras.saving.load_model(filepath, **kwargs)
@@ -228,16 +227,24 @@ class LatentSiT(SiT):
         return {**config, "autoencoder": keras.saving.serialize_keras_object(self.autoencoder)}
 
 
+def _check_autoencoder_type(autoencoder):
+    if not isinstance(autoencoder, Autoencoder):
+        raise TypeError(
+            "`autoencoder` must be a keras_sit.autoencoders.Autoencoder (such as keras_sit.AutoencoderKL); "
+            f"got {type(autoencoder).__name__}."
+        )
+
+
 def _autoencoder_record(autoencoder):
     """What identifies an autoencoder: its class, its configuration (but its dtype and initializer seed) and
     its weights' SHA-256."""
-    config = {key: value for key, value in autoencoder_config(autoencoder).items() if key not in ("dtype", "seed")}
+    config = {key: value for key, value in autoencoder.identity_config().items() if key not in ("dtype", "seed")}
     return json.loads(
         json.dumps(
             {
                 "class_name": type(autoencoder).__name__,
                 "config": config,
-                "weights_sha256": weights_fingerprint(autoencoder),
+                "weights_sha256": autoencoder.weights_fingerprint(),
             }
         )
     )

@@ -46,7 +46,7 @@ def parameter_count(name, input_shape=None, num_classes=None, learn_sigma=False,
     Counts every weight, the fixed position table included, as the official
     `sum(p.numel() for p in model.parameters())` and Keras' `count_params()`
     do. Takes the same overrides; those that do not change the size (seed,
-    path, num_steps, ...) are ignored.
+    path, time_embedding_scale, ...) are ignored.
     """
     config = {**ARCHITECTURE_DEFAULTS, **preset_config(name, **overrides)}
     config.update(input_shape=input_shape, num_classes=num_classes, learn_sigma=learn_sigma)

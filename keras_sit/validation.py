@@ -229,12 +229,20 @@ def check_label_values(labels, num_classes, name="labels"):
         )
 
 
-def split_inputs(inputs):
-    """`x`, `(x, labels)` or `{"x": x, "labels": labels}` -> `(x, labels)`."""
+def split_inputs(inputs, extra_keys=()):
+    """`x`, `(x, labels)` or `{"x": x, "labels": labels, **extras}` -> `(x, labels)`.
+
+    `extra_keys` are the other keys a dict may (and then must) hold: the
+    per-example inputs that the model's objectives read.
+    """
     if isinstance(inputs, dict):
-        unknown = set(inputs) - {"x", "labels"}
+        unknown = set(inputs) - {"x", "labels", *extra_keys}
         if "x" not in inputs or unknown:
-            raise ValueError(f"`x` as a dict must have the key 'x' and optionally 'labels'; got keys {sorted(inputs)}.")
+            raise ValueError(
+                "`x` as a dict must have the key 'x' and optionally 'labels'"
+                + (f" and {sorted(extra_keys)}" if extra_keys else "")
+                + f"; got keys {sorted(inputs)}."
+            )
         return inputs["x"], inputs.get("labels")
     if isinstance(inputs, (tuple, list)):
         if len(inputs) != 2:
@@ -243,14 +251,14 @@ def split_inputs(inputs):
     return inputs, None
 
 
-def element_spec_inputs(x, y):
+def element_spec_inputs(x, y, extra_keys=()):
     """What static checks can see of `fit`'s `x, y` before training: arrays,
     tensors, or a `tf.data.Dataset`'s element spec, as `(x, labels)`."""
     if hasattr(x, "element_spec"):  # tf.data.Dataset
         spec = x.element_spec
         x, y = (spec[0], spec[1] if len(spec) > 1 else None) if isinstance(spec, tuple) else (spec, None)
     if isinstance(x, dict):
-        x, labels = split_inputs(x)
+        x, labels = split_inputs(x, extra_keys)
         y = y if labels is None else labels
     return x, y
 

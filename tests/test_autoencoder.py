@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_sit.autoencoder import AUTOENCODER_CONFIGS, AutoencoderKL, sample_posterior
+from keras_sit.autoencoders import AUTOENCODER_CONFIGS, AutoencoderKL, sample_posterior
 from tests.conftest import to_numpy
 
 TINY = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4)

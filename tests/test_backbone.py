@@ -45,8 +45,8 @@ def test_output_shape_and_exact_zero_at_init(rng, kwargs, data_shape):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(input_shape=(4, 6, 2), num_classes=5, learn_sigma=True, num_steps=1),
-        dict(input_shape=(4, 4, 1), num_classes=None, num_steps=1000),
+        dict(input_shape=(4, 6, 2), num_classes=5, learn_sigma=True, time_embedding_scale=1),
+        dict(input_shape=(4, 4, 1), num_classes=None, time_embedding_scale=1000),
         dict(input_dim=6, num_classes=3, learn_sigma=True),
     ],
 )
@@ -138,7 +138,7 @@ def test_save_load_round_trip(tmp_path, rng):
         (dict(input_dim=4, patch_size="2"), TypeError, "`patch_size`"),
         (dict(input_dim=4, num_classes=0), ValueError, "`num_classes`"),
         (dict(input_dim=4, class_dropout_prob=1.5), ValueError, "`class_dropout_prob`"),
-        (dict(input_dim=4, num_steps=0), ValueError, "`num_steps`"),
+        (dict(input_dim=4, time_embedding_scale=0), ValueError, "`time_embedding_scale`"),
         (dict(input_dim=4, mlp_ratio=0), ValueError, "`mlp_ratio`"),
     ],
 )

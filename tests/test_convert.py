@@ -141,7 +141,7 @@ def config_without_name(model):
     ],
 )
 def test_export_import_round_trip_is_exact(rng, config):
-    model = randomized_sit(rng, **config, num_steps=1, seed=3, time_convention="official")
+    model = randomized_sit(rng, **config, time_embedding_scale=1, seed=3, time_convention="official")
     state = export_official_state_dict(model)
     back = import_official_checkpoint(state, num_heads=config["num_heads"], seed=3)
     assert config_without_name(back) == config_without_name(model)
@@ -221,7 +221,7 @@ def test_imported_backbone_matches_the_official_network(config, overrides):
     net = random_torch_sit(0, **config).double()  # float64 reference
     model = import_official_checkpoint(net.state_dict(), num_heads=config["heads"], seed=0, **overrides)
     backbone = model.backbone
-    assert backbone.num_steps == 1 and backbone.num_classes == config["classes"]
+    assert backbone.time_embedding_scale == 1 and backbone.num_classes == config["classes"]
     assert backbone.null_class == (config["classes"] if config["classes"] and config.get("null", True) else None)
 
     rng = np.random.default_rng(1)
@@ -292,8 +292,8 @@ def test_bad_checkpoints_and_arguments():
         import_official_checkpoint(state, num_heads=4, hidden_size=64)
     with pytest.raises(ValueError, match="input_channels"):
         import_official_checkpoint(state, input_channels=4, num_heads=4)
-    with pytest.raises(ValueError, match="num_steps"):
-        import_official_checkpoint(state, num_heads=4, num_steps=1000)
+    with pytest.raises(ValueError, match="time_embedding_scale"):
+        import_official_checkpoint(state, num_heads=4, time_embedding_scale=1000)
     with pytest.raises(ValueError, match="blocks.1.mlp.fc2.bias"):
         import_official_checkpoint({k: v for k, v in state.items() if k != "blocks.1.mlp.fc2.bias"}, num_heads=4)
     with pytest.raises(ValueError, match="pos_embed"):

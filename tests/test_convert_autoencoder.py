@@ -19,7 +19,7 @@ import torch
 from diffusers import AutoencoderKL as DiffusersAutoencoderKL
 from safetensors.numpy import save_file
 
-from keras_sit.autoencoder import AutoencoderKL
+from keras_sit.autoencoders import AutoencoderKL
 from keras_sit.convert import export_autoencoder_state_dict, import_autoencoder
 from tests.conftest import to_numpy
 from tests.test_convert import Payload

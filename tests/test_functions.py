@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_sit import (
+from keras_sit.functions import (
     cosine_interpolant,
     cosine_velocity,
     linear_interpolant,

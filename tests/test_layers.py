@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_sit import fused, layers
+from keras_sit import layers
+from keras_sit.backend import fused
 from tests import reference
 from tests.conftest import to_numpy
 

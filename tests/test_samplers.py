@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_sit import samplers
+from keras_sit import sampling
 from keras_sit.paths import CosinePath, LinearPath
 from keras_sit.transport import Transport
 from tests.conftest import randomize, tiny_sit, to_numpy
@@ -19,12 +19,12 @@ def exact_drift(gaussian):
 
 def endpoint_error(method, steps, path, z):
     gaussian = Gaussian(path, MU, S)
-    out = to_numpy(samplers.integrate_ode(exact_drift(gaussian), z, steps, method))
+    out = to_numpy(sampling.integrate_ode(exact_drift(gaussian), z, steps, method))
     return np.abs(out - gaussian.transport_map(z)).max()
 
 
 @pytest.mark.parametrize(
-    "method, order, steps", [("euler", 1, 16), ("midpoint", 2, 16), ("heun", 2, 16), ("rk4", 4, 8)]
+    "method, order, steps", [("euler", 1, 16), ("midpoint", 2, 16), ("heun", 2, 16), ("ab2", 2, 16), ("rk4", 4, 8)]
 )
 def test_fixed_step_convergence_order(method, order, steps, rng):
     """Doubling the steps divides the error by 2^order (noise at t=1 -> mu + s z at t=0).
@@ -41,20 +41,20 @@ def test_fixed_step_convergence_order(method, order, steps, rng):
 
 
 def test_ode_nfe():
-    assert [samplers.ode_nfe(m, 10) for m in ("euler", "midpoint", "heun", "rk4")] == [10, 20, 20, 40]
+    assert [sampling.ode_nfe(m, 10) for m in ("euler", "midpoint", "heun", "rk4")] == [10, 20, 20, 40]
 
 
 def test_reverse_ode_encodes_data_to_noise(rng):
     gaussian = Gaussian(LinearPath(), MU, S)
     z = rng.normal(size=(32, 2)).astype("float32")
     x = gaussian.transport_map(z).astype("float32")
-    encoded = to_numpy(samplers.integrate_ode(exact_drift(gaussian), x, 32, "rk4", t_start=0.0, t_end=1.0))
+    encoded = to_numpy(sampling.integrate_ode(exact_drift(gaussian), x, 32, "rk4", t_start=0.0, t_end=1.0))
     np.testing.assert_allclose(encoded, z, atol=1e-3)
-    reversed_ = to_numpy(samplers.integrate_ode(exact_drift(gaussian), x, 32, "rk4", reverse=True))
+    reversed_ = to_numpy(sampling.integrate_ode(exact_drift(gaussian), x, 32, "rk4", reverse=True))
     np.testing.assert_allclose(reversed_, encoded, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["euler", "heun"])
+@pytest.mark.parametrize("method", ["sde-euler", "sde-heun"])
 @pytest.mark.parametrize("form", ["sigma", "constant", "linear"])
 def test_sde_reproduces_mean_and_variance(method, form, rng):
     gaussian = Gaussian(LinearPath(), MU, S)
@@ -66,13 +66,13 @@ def test_sde_reproduces_mean_and_variance(method, form, rng):
     n, steps, last = 4000, 100, 0.04
     noise = rng.normal(size=(steps, n, 2)).astype("float32")
     x = rng.normal(size=(n, 2)).astype("float32")
-    w = lambda t: samplers.diffusion_coefficient(form, t, transport)  # noqa: E731
-    x = samplers.integrate_sde(velocity_and_score, x, noise, 1.0, last, w, method)
+    w = lambda t: sampling.diffusion_coefficient(form, t, transport)  # noqa: E731
+    x = sampling.integrate_sde(velocity_and_score, x, noise, 1.0, last, w, method)
     # The noiseless "mean" step shrinks the spread by (1 - h w / var); fine for the small w of
     # sigma/linear at t = 0.04, not for w = 1: there the plain ODE step is the right last step.
     last_step = "euler" if form == "constant" else "mean"
     x = to_numpy(
-        samplers.sde_last_step(last_step, velocity_and_score, x, np.full(n, last, "float32"), last, w, transport.path)
+        sampling.sde_last_step(last_step, velocity_and_score, x, np.full(n, last, "float32"), last, w, transport.path)
     )
     # Within ~4 standard errors of the target moments, plus the O(step) bias.
     np.testing.assert_allclose(x.mean(0), MU, atol=4 * max(S) / np.sqrt(n) + 0.03)
@@ -92,11 +92,11 @@ def test_diffusion_forms_in_our_time():
     }
     for form, values in expected.items():
         np.testing.assert_allclose(
-            to_numpy(samplers.diffusion_coefficient(form, t, transport, norm=2.0)), values, rtol=1e-5
+            to_numpy(sampling.diffusion_coefficient(form, t, transport, norm=2.0)), values, rtol=1e-5
         )
 
 
-@pytest.mark.parametrize("sampler", ["euler", "heun", "midpoint", "rk4", "dopri5", "sde-euler", "sde-heun"])
+@pytest.mark.parametrize("sampler", ["euler", "heun", "midpoint", "rk4", "ab2", "dopri5", "sde-euler", "sde-heun"])
 def test_generate_with_every_sampler(sampler, rng):
     model = tiny_sit(num_classes=3)
     randomize(model, rng)
@@ -214,13 +214,13 @@ def test_dopri5_meets_tolerance_with_fewer_evaluations_than_heun(control, first_
     gaussian = Gaussian(CosinePath(), MU, S)
     z = rng.normal(size=(64, 2)).astype("float32")
     tolerance = 1e-4
-    x, nfe = samplers.dopri5(exact_drift(gaussian), z, 1.0, 0.0, tolerance, tolerance, first_step, control=control)
+    x, nfe = sampling.dopri5(exact_drift(gaussian), z, 1.0, 0.0, tolerance, tolerance, first_step, control=control)
     error, nfe = np.abs(to_numpy(x) - gaussian.transport_map(z)).max(), int(to_numpy(nfe))
     assert error < 10 * tolerance, error
     steps = 8  # the fewest Heun steps (doubling) that reach the same error
     while endpoint_error("heun", steps, CosinePath(), z) > error:
         steps *= 2
-    assert nfe < samplers.ode_nfe("heun", steps), (nfe, steps)
+    assert nfe < sampling.ode_nfe("heun", steps), (nfe, steps)
 
 
 @pytest.mark.parametrize("control", ["batch", "example"])
@@ -231,15 +231,15 @@ def test_dopri5_reverse_and_batch_mates(control, rng):
     z = rng.normal(size=(8, 2)).astype("float32")
     x = gaussian.transport_map(z).astype("float32")
     tolerance = dict(atol=1e-5, rtol=1e-5, control=control)
-    encoded, nfe = samplers.dopri5(exact_drift(gaussian), x, t_start=0.0, t_end=1.0, **tolerance)
+    encoded, nfe = sampling.dopri5(exact_drift(gaussian), x, t_start=0.0, t_end=1.0, **tolerance)
     np.testing.assert_allclose(to_numpy(encoded), z, atol=1e-3)
-    alone, nfe_alone = samplers.dopri5(exact_drift(gaussian), x[:1], t_start=0.0, t_end=1.0, **tolerance)
+    alone, nfe_alone = sampling.dopri5(exact_drift(gaussian), x[:1], t_start=0.0, t_end=1.0, **tolerance)
     np.testing.assert_allclose(to_numpy(alone), z[:1], atol=1e-3)
     if control == "example":
         np.testing.assert_allclose(to_numpy(alone), to_numpy(encoded)[:1], rtol=1e-6)
     else:
         assert not np.array_equal(to_numpy(alone), to_numpy(encoded)[:1]), (int(nfe), int(nfe_alone))
-    reversed_, _ = samplers.dopri5(exact_drift(gaussian), x, reverse=True, **tolerance)
+    reversed_, _ = sampling.dopri5(exact_drift(gaussian), x, reverse=True, **tolerance)
     np.testing.assert_allclose(to_numpy(reversed_), to_numpy(encoded), rtol=1e-6)
 
 
@@ -270,7 +270,7 @@ def test_dopri5_batch_control_matches_torchdiffeq(rng):
 
     for atol, rtol in ((1e-6, 1e-3), (1e-7, 1e-5)):
         calls.clear(), torch_calls.clear()
-        x, nfe = samplers.dopri5(drift, x0, 0.0, 2.0, atol=atol, rtol=rtol, control="batch")
+        x, nfe = sampling.dopri5(drift, x0, 0.0, 2.0, atol=atol, rtol=rtol, control="batch")
         x, nfe = to_numpy(x), int(to_numpy(nfe))
         if keras.backend.backend() == "torch":
             assert nfe == len(calls)
@@ -286,7 +286,7 @@ def test_dopri5_batch_control_matches_torchdiffeq(rng):
 
 def test_dopri5_control_is_validated():
     with pytest.raises(ValueError, match="`control` must be one of"):
-        samplers.dopri5(lambda x, t: x, np.ones((2, 2), "float32"), control="global")
+        sampling.dopri5(lambda x, t: x, np.ones((2, 2), "float32"), control="global")
     with pytest.raises(ValueError, match="`adaptive_control` must be one of"):
         tiny_sit().generate(2, sampler="dopri5", adaptive_control="global")
 
@@ -299,7 +299,7 @@ def gaussian_log_density(x):
 def test_log_likelihood_exact_divergence_matches_analytic_density(method, steps, rng):
     gaussian = Gaussian(LinearPath(), MU, S)
     x = (rng.normal(size=(16, 2)) * S + MU).astype("float32")
-    log_p, _ = samplers.log_likelihood(gaussian.velocity, x, steps, method)
+    log_p, _ = sampling.log_likelihood(gaussian.velocity, x, steps, method)
     per_dim = np.abs(to_numpy(log_p) - gaussian_log_density(x)) / 2
     assert per_dim.max() < 0.01, per_dim.max()
 
@@ -316,12 +316,12 @@ def test_log_likelihood_hutchinson_is_unbiased_within_its_error(rng):
         return keras.ops.matmul(gaussian.velocity(keras.ops.matmul(x, rotation), t), rotation.T)
 
     x = ((rng.normal(size=(4, 2)) * S + MU) @ rotation.T).astype("float32")
-    exact = to_numpy(samplers.log_likelihood(velocity, x, 8, "rk4")[0])
+    exact = to_numpy(sampling.log_likelihood(velocity, x, 8, "rk4")[0])
     np.testing.assert_allclose(exact, gaussian_log_density(x @ rotation), atol=0.02)
     # Ten independent estimates in one solve: the batch holds ten copies of x, each with its own probes.
     copies = 10
     probes = rng.normal(size=(4, copies * len(x), 2)).astype("float32")
-    estimates = to_numpy(samplers.log_likelihood(velocity, np.tile(x, (copies, 1)), 8, "rk4", probes=probes)[0])
+    estimates = to_numpy(sampling.log_likelihood(velocity, np.tile(x, (copies, 1)), 8, "rk4", probes=probes)[0])
     estimates = estimates.reshape(copies, len(x))
     standard_error = estimates.std(0) / np.sqrt(len(estimates))
     assert np.all(np.abs(estimates.mean(0) - exact) < 4 * standard_error + 1e-3)

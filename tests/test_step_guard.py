@@ -1,10 +1,11 @@
-"""A bad batch in streamed data never reaches the weights (`keras_sit.step_guard`)."""
+"""A bad batch in streamed data never reaches the weights (`keras_sit.training.step_guard`)."""
 
 import keras
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_sit, to_numpy
+import keras_sit
+from tests.conftest import randomize, tiny_sit, to_numpy
 
 NUM_CLASSES = 3
 
@@ -110,22 +111,33 @@ def test_no_step_after_a_bad_one_is_applied():
     assert_same_state(model, before_the_bad_batch)
 
 
-def test_the_optimizer_skips_non_finite_gradients_and_applies_finite_ones():
-    model = compiled_model("auto", use_ema=True)
-    variables = model.trainable_variables
-    model.optimizer.build(variables)
+class PoisonedGradients(keras_sit.objectives.Objective):
+    """A finite term whose gradients are NaN where the batch's `poison` is 1: `sqrt(0 * |pred|^2 + 1 - poison)`."""
+
+    extra_inputs = ("poison",)
+
+    def term(self, batch, forward, training=False):
+        poison = keras.ops.mean(keras.ops.cast(batch["poison"], "float32"))
+        return keras.ops.sqrt(0.0 * keras.ops.sum(keras.ops.square(forward["pred"])) + 1.0 - poison)
+
+
+def test_non_finite_gradients_are_not_applied_and_finite_ones_are():
+    model = tiny_sit(num_classes=NUM_CLASSES, depth=1, objectives=[PoisonedGradients(name="poisoned")])
+    randomize(model, np.random.default_rng(0))  # every weight gets a gradient
+    model.compile(jit_compile="auto", use_ema=True)
+    model.optimizer.build(model.trainable_variables)
     before = state(model)
-    gradients = [keras.ops.ones(v.shape) for v in variables]
-    gradients[-1] = keras.ops.full(variables[-1].shape, float("nan"))
-    model.optimizer.apply(gradients, variables)
+    x, labels = good_batches(1)[0]
+    with pytest.raises(ValueError, match="the batch is bad, so it was not applied: its gradients hold NaN or Inf"):
+        model.train_on_batch({"x": x, "poison": np.ones(len(x), "float32")}, labels)
     assert int(model.optimizer.iterations) == 0
     for got, want in zip(state(model), before, strict=True):
         np.testing.assert_array_equal(got, want)
 
-    model.optimizer.apply([keras.ops.ones(v.shape) for v in variables], variables)
+    model.train_on_batch({"x": x, "poison": np.zeros(len(x), "float32")}, labels)
     assert int(model.optimizer.iterations) == 1
     changed = [not np.array_equal(got, want) for got, want in zip(state(model), before, strict=True)]
-    assert sum(changed) > len(variables)  # the weights, and the slots and EMA beside them
+    assert sum(changed) > len(model.trainable_variables)  # the weights, and the slots and EMA beside them
 
 
 def test_evaluate_names_a_bad_streamed_batch():
@@ -141,11 +153,18 @@ def test_good_training_is_unchanged_by_the_guard():
     batches = good_batches(3)
     guarded = compiled_model("auto")
     guarded.fit(Batches(batches), epochs=2, verbose=0, shuffle=False)
-    unguarded = compiled_model("auto")
-    del unguarded.optimizer.apply  # the optimizer's own `apply` again
+    unguarded = KerasStepSiT(**tiny_sit(num_classes=NUM_CLASSES, depth=1).get_config())
+    unguarded.compile(jit_compile="auto")
     unguarded.fit(Batches(batches), epochs=2, verbose=0, shuffle=False)
     assert int(guarded.optimizer.iterations) == 6
     assert_same_state(guarded, unguarded)
+
+
+class KerasStepSiT(keras_sit.SiT):
+    """SiT trained by Keras' own train step, without the guard."""
+
+    def train_step(self, *args):
+        return keras.Model.train_step(self, *args[:-1], self._labels_into_x(args[-1]))
 
 
 def test_train_on_batch_refuses_a_bad_batch_and_takes_the_next_good_one():

@@ -34,7 +34,7 @@ import os
 import numpy as np
 from keras import ops
 
-from keras_sit.autoencoder import AUTOENCODER_CONFIGS, AutoencoderKL
+from keras_sit.autoencoders import AUTOENCODER_CONFIGS, AutoencoderKL
 from keras_sit.convert.checkpoints import float32_arrays, read_checkpoint
 from keras_sit.validation import check_choice, keyword_defaults
 

@@ -20,7 +20,8 @@ import numpy as np
 from keras import ops
 
 from keras_sit.convert.checkpoints import float32_arrays, read_checkpoint
-from keras_sit.evaluation.inception import BasicConv2d, FIDInception, _split
+from keras_sit.evaluation.inception import FIDInception
+from keras_sit.evaluation.inception_blocks import BasicConv2d, _split
 
 # PyTorch BatchNorm2d entries and the Keras BatchNormalization variables they become.
 _BATCH_NORM = (

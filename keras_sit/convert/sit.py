@@ -13,7 +13,7 @@ layout in both.
 The weights are converted faithfully: with
 `y = sit.backbone({"x_t": x, "t": t, "labels": labels})` on channels-last
 `x`, `y` equals the official `net(x_nchw, t, labels)` transposed to NHWC (the
-model is built with `num_steps=1`, because the official network embeds raw
+model is built with `time_embedding_scale=1`, because the official network embeds raw
 `t`). The official time runs the other way (t = 1 is data there, t = 0 in
 keras_sit) and its velocity has the opposite sign, so the imported `SiT` has
 `time_convention="official"`: its `network`, and with it training,
@@ -226,8 +226,11 @@ def import_official_checkpoint(source, input_channels=None, **overrides):
     docstring), so its `velocity`/`generate` work in keras_sit's time.
     """
     overrides = resolve_depth_alias(dict(overrides), None)
-    if overrides.get("num_steps", 1) != 1:
-        raise ValueError(f"`num_steps` must be 1: the official network embeds raw t; got {overrides['num_steps']!r}.")
+    if overrides.get("time_embedding_scale", 1) != 1:
+        raise ValueError(
+            "`time_embedding_scale` must be 1: the official network embeds raw t; "
+            f"got {overrides['time_embedding_scale']!r}."
+        )
     if overrides.get("input_dim") is not None:
         raise ValueError("`input_dim` is not possible: official checkpoints are image models.")
     state = _load(source)
@@ -240,7 +243,7 @@ def import_official_checkpoint(source, input_channels=None, **overrides):
             for suffix in ("weight", "bias"):
                 state[f"final_layer.linear.{suffix}"] = state[f"final_layer.linear.{suffix}"][keep]
 
-    sit = SiT(**{**overrides, **config, "num_steps": 1, "time_convention": "official"})
+    sit = SiT(**{**overrides, **config, "time_embedding_scale": 1, "time_convention": "official"})
     expected = _official_variables(sit.backbone)
     missing = sorted({key for key, _, _ in expected} - set(state))
     unexpected = sorted(set(state) - {key for key, _, _ in expected})

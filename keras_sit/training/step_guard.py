@@ -6,12 +6,13 @@ outside the embedding table would turn every weight into NaN (or crash the
 embedding gather). So every training step checks itself, inside the
 compiled step, on every backend:
 
-- `SiT.call` clamps the labels before the gather and reports whether they
-  were all in `[0, num_classes)`; `SiT.compute_loss` turns the loss into NaN
-  when they were not, or when an earlier step of this `fit` was bad.
-- `guard_optimizer` makes the optimizer apply an update only when every
-  gradient is finite (`backend.apply_if`); weights, slots, EMA and the
-  iteration count stay as they were otherwise.
+- `SiT.call` clamps the labels before the gather; `SiT.compute_loss` turns
+  the loss into NaN when they were not all in `[0, num_classes)`, or when an
+  earlier step of this `fit` was bad.
+- SiT's train step (`keras_sit.backend.train_step`) applies the optimizer's
+  update only when every gradient is finite; weights, slots, EMA and the
+  iteration count stay as they were otherwise. It hands whether it applied
+  the update to `compute_metrics` as `y_pred["applied"]`.
 - `StepRecord` (a metric, so that its state is threaded through the
   compiled step like Keras' own) keeps the first bad step and why.
 - `StopOnBadStep` stops `fit` at the end of the batch whose loss is not
@@ -20,38 +21,13 @@ compiled step, on every backend:
 Once one step is bad, every later step of the same `fit` is skipped too
 (its loss is NaN), so with `steps_per_execution > 1` the steps that follow
 the bad one in the same execution change nothing either.
-
-Keras has no hook between the gradients and their application, so
-`guard_optimizer` wraps the `apply` method of the model's optimizer
-instance, the one call all three backends' train steps go through.
 """
 
 import contextlib
 import math
-import threading
 
 import keras
 from keras import ops
-
-from keras_sit import backend, fused
-
-# What the step being traced has found so far. Per thread: a `tf.distribute` strategy traces
-# each replica's step in a thread of its own.
-_step = threading.local()
-
-
-def begin_step(training):
-    _step.flags = {"training": training}
-
-
-def current_step():
-    """The flags of the step being traced (`"training"`, and `"applied"` once the optimizer ran), or None."""
-    return getattr(_step, "flags", None)
-
-
-def end_step():
-    _step.flags = None
-
 
 # Reasons a step is skipped, as stored in `StepRecord.reason`.
 LABELS_OUT_OF_RANGE = 1
@@ -138,33 +114,3 @@ class StopOnBadStep(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.model.stop_training = True
-
-
-def guard_optimizer(model):
-    """Make `model.optimizer` skip every update whose gradients are not all finite.
-
-    Whether the update was applied is left in `current_step()["applied"]`
-    for `SiT.compute_metrics` to record. A `LossScaleOptimizer` skips
-    non-finite steps itself (they are how it finds its scale), so its
-    updates are not gated; the loss checks still are.
-    """
-    optimizer = model.optimizer
-    if getattr(optimizer, "_step_guarded", False):
-        return
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        optimizer._step_guarded = True
-        return
-    apply = optimizer.apply
-
-    def guarded_apply(grads, trainable_variables=None):
-        grads = list(grads)
-        variables = list(model.trainable_variables if trainable_variables is None else trainable_variables)
-        if not optimizer.built:
-            optimizer.build(variables)
-        applied = backend.all_replicas(fused.all_finite([g for g in grads if g is not None]))
-        if current_step() is not None:
-            current_step()["applied"] = applied
-        backend.apply_if(applied, apply, (grads, trainable_variables), variables + list(optimizer.variables))
-
-    optimizer.apply = guarded_apply
-    optimizer._step_guarded = True

@@ -8,6 +8,7 @@ place in keras_sit that reads that private state; everything else asks it.
 
 import contextlib
 
+import keras
 from keras import ops
 
 from keras_sit import backend
@@ -67,18 +68,37 @@ def copy_in(pairs):
             variable.assign(average)
 
 
-@contextlib.contextmanager
-def training_weights_kept(optimizer):
-    """Skip the EMA overwrite that ends Keras' `fit`.
+class KeepTrainingWeights(keras.callbacks.Callback):
+    """Undo the EMA overwrite that ends Keras' `fit`, so that a second `fit` continues exactly.
 
-    On every backend Keras' trainer calls `optimizer.finalize_variable_values`
-    after the last epoch, which copies the averages into the weights.
+    On every backend Keras' trainer ends `fit` with
+    `optimizer.finalize_variable_values`, which copies the averages into the
+    weights, then calls `on_train_end`. This callback, last in `SiT.fit`'s
+    list, copies the training weights aside at the end of the last epoch
+    (once every other callback has decided whether training stops); its
+    `restorer`, first in the list, puts them back in `on_train_end`, before
+    any other callback (e.g. `EarlyStopping(restore_best_weights=True)`)
+    sees the weights. A `fit` that ends in an exception keeps Keras'
+    behaviour: the weights hold the EMA.
     """
-    if ema_optimizer(optimizer) is None:
-        yield
-        return
-    optimizer.finalize_variable_values = lambda var_list: None
-    try:
-        yield
-    finally:
-        del optimizer.finalize_variable_values
+
+    def __init__(self):
+        super().__init__()
+        self.saved = None
+        self.restorer = keras.callbacks.LambdaCallback(on_train_end=lambda logs: self.restore())
+
+    def on_epoch_end(self, epoch, logs=None):
+        if ema_optimizer(self.model.optimizer) is None:
+            return
+        if self.model.stop_training or epoch + 1 >= self.params.get("epochs", epoch + 1):
+            with backend.no_grad():
+                self.saved = [(v, ops.copy(v.value)) for v in self.model.trainable_variables]
+
+    def restore(self):
+        """Put the training weights saved at the end of the last epoch back, if any."""
+        if self.saved is None:
+            return
+        with backend.no_grad():
+            for variable, value in self.saved:
+                variable.assign(value)
+        self.saved = None

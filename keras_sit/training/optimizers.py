@@ -5,7 +5,8 @@ import math
 import keras
 import numpy as np
 
-from keras_sit import ema, fused
+from keras_sit.backend import fused
+from keras_sit.training.ema import moving_averages
 from keras_sit.validation import check_number
 
 
@@ -85,7 +86,7 @@ class AdamW(keras.optimizers.AdamW):
         if not fused.has_fused_adamw(trainable_variables):
             super()._update_model_variables_moving_average(trainable_variables)
             return
-        pairs = ema.moving_averages(self, trainable_variables)
+        pairs = moving_averages(self, trainable_variables)
         # As Keras: the first step copies the weights, later ones move by `1 - momentum`.
         first_step = int(keras.ops.convert_to_numpy(self.iterations)) == 0
         fused.lerp(

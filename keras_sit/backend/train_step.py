@@ -1,0 +1,108 @@
+"""SiT's training step on each backend: Keras' own, with the update applied only when it is finite.
+
+Keras has no hook between the gradients and their application, and a bad
+batch (NaN, Inf, a label outside the table) must not reach the weights
+(`keras_sit.training.step_guard`). So `SiT.train_step` is Keras' train step
+of the backend, restated here with one change: the optimizer's update is
+applied only if every gradient is finite (`apply_if`), and whether it was
+is handed to `compute_metrics` as `y_pred["applied"]`. The optimizer is the
+user's, untouched.
+
+Keras documents overriding `train_step` per backend ("Customizing what
+happens in `fit()`"); the steps below follow Keras 3.15's and read its private
+`_compute_loss`, `_loss_tracker` and (JAX) `_update_metrics_variables`, the
+only such reads in keras_sit's training. `tests/test_step_guard.py` checks
+that good training gives the same weights as Keras' own step.
+"""
+
+import keras
+
+from keras_sit.backend import all_replicas, apply_if, fused
+
+
+def guarded_train_step(model, *args):
+    """`model`'s train step on this backend: `(state, data)` on JAX, `(data,)` on the others."""
+    name = keras.backend.backend()
+    if name == "jax":
+        return _jax_train_step(model, *args)
+    if name == "tensorflow":
+        return _tensorflow_train_step(model, *args)
+    return _torch_train_step(model, *args)
+
+
+def update_is_finite(gradients):
+    """Whether every gradient is finite, agreed by every replica."""
+    return all_replicas(fused.all_finite([g for g in gradients if g is not None]))
+
+
+def _batch_size(x):
+    return keras.ops.shape(next(i for i in keras.tree.flatten(x) if i is not None))[0]
+
+
+def _jax_train_step(model, state, data):
+    import jax
+
+    trainable, non_trainable, optimizer_variables, metrics_variables = state
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    grad_fn = jax.value_and_grad(model.compute_loss_and_updates, has_aux=True)
+    (_, aux), gradients = grad_fn(
+        trainable,
+        non_trainable,
+        metrics_variables,
+        x,
+        y,
+        sample_weight,
+        training=True,
+        optimizer_variables=optimizer_variables,
+    )
+    unscaled_loss, y_pred, non_trainable, metrics_variables = aux
+    applied = update_is_finite(gradients)
+    new_trainable, new_optimizer = model.optimizer.stateless_apply(optimizer_variables, gradients, trainable)
+    # A compiled JAX branch cannot update state: compute the update, keep the old values if it is bad.
+    trainable = [keras.ops.where(applied, new, old) for new, old in zip(new_trainable, trainable)]
+    optimizer_variables = [keras.ops.where(applied, new, old) for new, old in zip(new_optimizer, optimizer_variables)]
+    logs, metrics_variables = model._update_metrics_variables(
+        metrics_variables, unscaled_loss, x, y, {**y_pred, "applied": applied}, sample_weight
+    )
+    return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+
+
+def _tensorflow_train_step(model, data):
+    import tensorflow as tf
+    from keras.src.losses.loss import unscale_loss_for_distribution
+
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    with tf.GradientTape() as tape:
+        y_pred = model(x, training=True)
+        loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+        model._loss_tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=_batch_size(x))
+        loss = model.optimizer.scale_loss(loss)
+    variables = model.trainable_weights
+    gradients = tape.gradient(loss, variables)
+    applied = _apply_if_finite(model.optimizer, gradients, variables)
+    return model.compute_metrics(x, y, {**y_pred, "applied": applied}, sample_weight=sample_weight)
+
+
+def _torch_train_step(model, data):
+    import torch
+
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    y_pred = model(x, training=True)
+    model.zero_grad()
+    loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+    model._loss_tracker.update_state(loss, sample_weight=_batch_size(x))
+    model.optimizer.scale_loss(loss).backward()
+    variables = model.trainable_weights[:]
+    gradients = [v.value.grad for v in variables]
+    with torch.no_grad():
+        applied = _apply_if_finite(model.optimizer, gradients, variables)
+    return model.compute_metrics(x, y, {**y_pred, "applied": applied}, sample_weight=sample_weight)
+
+
+def _apply_if_finite(optimizer, gradients, variables):
+    """`optimizer.apply(gradients, variables)` if every gradient is finite; returns whether it was."""
+    if not optimizer.built:  # its variables must exist outside the conditional branch
+        optimizer.build(variables)
+    applied = update_is_finite(gradients)
+    apply_if(applied, optimizer.apply, (list(gradients), variables), list(variables) + list(optimizer.variables))
+    return applied

@@ -1,0 +1,66 @@
+"""Classifier-free guidance of a SiT's prediction, and the guided fields the samplers integrate."""
+
+from keras import ops
+
+from keras_sit.paths import per_example, time_vector
+
+
+def guide(model, x_t, t, labels, cfg_scale, guidance_channels=None, guidance_interval=None):
+    """`model`'s guided prediction at `(x_t, t)` on checked arguments (`SiT.guided_output` checks them).
+
+    `labels` may hold the null class: the loops' unconditional case. With
+    `cfg_scale != 1` the batch is doubled with the null class and
+    `uncond + cfg_scale * (cond - uncond)` is returned, on the first
+    `guidance_channels` (all if None), where `t` lies in `guidance_interval`.
+    """
+    t = time_vector(ops.convert_to_tensor(t), x_t)
+    if labels is None:
+        return model.network({"x_t": x_t, "t": t})
+    labels = ops.convert_to_tensor(labels)
+    if cfg_scale == 1.0:
+        return model.network({"x_t": x_t, "t": t, "labels": labels})
+    null_class = model.backbone.null_class
+    if null_class is None:
+        raise ValueError(
+            "`cfg_scale` != 1 needs a model with a null class (num_classes set and class_dropout_prob > 0)."
+        )
+    null = ops.full_like(labels, null_class)
+    both = model.network(
+        {
+            "x_t": ops.concatenate([x_t, x_t], axis=0),
+            "t": ops.concatenate([t, t], axis=0),
+            "labels": ops.concatenate([labels, null], axis=0),
+        }
+    )
+    cond, uncond = ops.split(both, 2, axis=0)
+    guided = ops.add(uncond, ops.multiply(cfg_scale, ops.subtract(cond, uncond)))
+    if guidance_channels is not None:
+        guided = ops.concatenate([guided[..., :guidance_channels], cond[..., guidance_channels:]], axis=-1)
+    if guidance_interval is not None:
+        lo, hi = guidance_interval
+        inside = ops.logical_and(t >= lo, t <= hi)
+        guided = ops.where(per_example(inside, guided), guided, cond)
+    return guided
+
+
+def _guided_output(model, settings, labels, x, t):
+    return guide(model, x, t, labels, settings.cfg_scale, settings.guidance_channels, settings.guidance_interval)
+
+
+def guided_drift(model, settings, labels):
+    """The probability-flow drift `v(x, t)`, guided as `settings` say."""
+
+    def drift(x, t):
+        return model.transport.to_velocity(_guided_output(model, settings, labels, x, t), x, t, settings.clip_data)
+
+    return drift
+
+
+def guided_velocity_and_score(model, settings, labels):
+    """`(v, s)` at `(x, t)` from one network call, for the SDE."""
+
+    def velocity_and_score(x, t):
+        output, transport = _guided_output(model, settings, labels, x, t), model.transport
+        return transport.to_velocity(output, x, t, settings.clip_data), transport.to_score(output, x, t)
+
+    return velocity_and_score

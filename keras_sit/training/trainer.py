@@ -1,0 +1,200 @@
+"""`TrainingMixin`: SiT's side of `compile`, `fit` and `evaluate`.
+
+Keras' `fit` drives training; this mixin gives it SiT's defaults (the
+official AdamW, XLA where it is faster, an EMA on request), moves the labels
+into the forward pass's inputs, runs the guarded train step
+(`keras_sit.backend.train_step`) and records a bad step
+(`keras_sit.training.step_guard`), and keeps the EMA in the optimizer rather
+than in the weights (`keras_sit.training.ema`).
+
+The host model provides `_check_inputs`, `_labels_in_range`, `num_classes`,
+`extra_inputs`, `training_record` and `evaluation_record`.
+"""
+
+import keras
+from keras import ops
+
+from keras_sit import backend
+from keras_sit.backend import fused
+from keras_sit.backend.train_step import guarded_train_step
+from keras_sit.training import ema, step_guard
+from keras_sit.training.optimizers import AdamW
+from keras_sit.validation import (
+    check_bool,
+    check_finite,
+    check_label_values,
+    check_number,
+    element_spec_inputs,
+    in_memory,
+)
+
+EMA_DECAY = 0.9999  # the official SiT's EMA decay
+
+
+class TrainingMixin:
+    """The training methods of `SiT` (see the module docstring)."""
+
+    def compile(self, optimizer=None, loss=None, jit_compile="auto", use_ema=False, ema_decay=None, **kwargs):
+        """Like `keras.Model.compile`; the optimizer defaults to the official
+        AdamW (learning rate 1e-4, no weight decay) as `keras_sit.AdamW`:
+        Keras' AdamW with fused kernels on PyTorch. The loss is SiT's own.
+
+        `jit_compile="auto"` compiles the step with XLA on JAX and TensorFlow
+        and runs it eager on PyTorch. Keras' own "auto" leaves XLA off for
+        TensorFlow on a CPU-only machine, where XLA trains SiT about 1.6x
+        faster (docs/performance.md); under a `tf.distribute` strategy with
+        several replicas "auto" stays Keras' choice.
+
+        `use_ema=True` makes the default optimizer keep an exponential moving
+        average of the weights (Keras' `use_ema`, `ema_momentum=ema_decay`,
+        default 0.9999 as the official SiT); `generate`, `encode` and
+        `log_likelihood` then sample with it. A custom optimizer takes these
+        options itself: `keras_sit.AdamW(..., use_ema=True, ema_momentum=0.9999)`.
+        """
+        if loss is not None:
+            raise ValueError("`loss` must be None: SiT computes its own objective (see `SiT.compute_loss`).")
+        check_bool("use_ema", use_ema)
+        if ema_decay is not None and not use_ema:
+            raise ValueError(f"`ema_decay` ({ema_decay!r}) needs `use_ema=True`.")
+        decay = check_number("ema_decay", EMA_DECAY if ema_decay is None else ema_decay, 0.0, 1.0)
+        if use_ema and optimizer is not None:
+            raise ValueError(
+                "`use_ema` configures the default optimizer only; pass it to your optimizer instead, e.g. "
+                f"`keras_sit.AdamW(1e-4, weight_decay=0.0, use_ema=True, ema_momentum={decay})`."
+            )
+        if optimizer is None:
+            optimizer = AdamW(
+                learning_rate=1e-4, weight_decay=0.0, **({"use_ema": True, "ema_momentum": decay} if use_ema else {})
+            )
+        resolved = backend.auto_jit_compile() if jit_compile == "auto" else jit_compile
+        super().compile(optimizer=optimizer, jit_compile=resolved, **kwargs)
+        self._jit_compile_argument = jit_compile
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if not config:  # not compiled
+            return config
+        # Keras saves the value "auto" resolved to on this backend (True on JAX); keep the
+        # argument, so that a model saved under JAX does not switch on torch.compile when
+        # loaded under PyTorch.
+        config = {**config, "jit_compile": getattr(self, "_jit_compile_argument", config.get("jit_compile"))}
+        return _portable_compile_config(config)
+
+    def compile_from_config(self, config):
+        # Keras skips this for models that override `compile`; a loaded SiT
+        # must come back compiled, with its optimizer state.
+        self.compile(**keras.saving.deserialize_keras_object(_portable_compile_config(config)))
+        self.optimizer.build(self.trainable_variables)
+
+    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
+        """`keras.Model.fit`, except that with an EMA the training weights stay.
+
+        Keras' `fit` ends by overwriting the weights with their EMA
+        (`optimizer.finalize_variable_values`), so a second `fit` would
+        silently restart from the average. SiT keeps the training weights (a
+        second `fit` continues exactly) and the EMA in the optimizer, where
+        `generate` finds it; `apply_ema()` copies it into the weights
+        (`keras_sit.training.ema.KeepTrainingWeights`).
+        """
+        self._check_fit_data(x, y)
+        if isinstance(validation_data, (tuple, list)) and validation_data:
+            self._check_fit_data(validation_data[0], validation_data[1] if len(validation_data) > 1 else None)
+        elif validation_data is not None:
+            self._check_fit_data(validation_data, None)
+        keeper = ema.KeepTrainingWeights()
+        callbacks = [keeper.restorer, step_guard.StopOnBadStep(), *(kwargs.pop("callbacks", None) or []), keeper]
+        with self.training_record.checking("fit"):
+            return super().fit(x, y, *args, validation_data=validation_data, callbacks=callbacks, **kwargs)
+
+    def train_on_batch(self, x, y=None, *args, **kwargs):
+        """`keras.Model.train_on_batch`; a bad batch is not applied and raises a `ValueError`."""
+        with self.training_record.checking("train_on_batch"):
+            return super().train_on_batch(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`; a batch with NaN, Inf or labels outside
+        `[0, num_classes)` raises a `ValueError` naming it."""
+        self._check_fit_data(x, y)
+        with self.evaluation_record.checking("evaluate"):
+            return super().evaluate(x, y, *args, **kwargs)
+
+    def _check_fit_data(self, x, y):
+        """Check arrays, tensors and `tf.data` element specs before Keras starts.
+
+        On JAX a `ValueError` raised while the train step is traced leaves the
+        model's variables detached (Keras has moved them into the jitted
+        state), so bad data must be caught before `fit`/`evaluate` begin.
+        Other inputs (generators, `PyDataset`, `DataLoader`) are checked in
+        the step itself.
+        """
+        x, y = element_spec_inputs(x, y, self.extra_inputs)
+        if hasattr(x, "shape") and hasattr(x, "dtype"):
+            self._check_inputs(x, y)
+            if x.shape[0] == 0:
+                raise ValueError(f"`x` must hold at least one example; got shape {tuple(x.shape)}.")
+            # In-memory data can be checked by value too: NaN or Inf would turn every weight into
+            # NaN, and a label outside the table would read past it (NaN on JAX, a crash elsewhere).
+            check_finite(x, "x")
+            if y is not None and self.num_classes is not None and in_memory(y):
+                check_label_values(y, self.num_classes, "labels")
+
+    def _labels_into_x(self, data):
+        """Keras hands labels over as `y`; the forward pass needs them in `x`."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if y is not None:
+            x = {**x, "labels": y} if isinstance(x, dict) else {"x": x, "labels": y}
+        return (x, None, sample_weight)
+
+    def train_step(self, *args):
+        # One method for every backend: JAX passes `(state, data)`, the others `(data,)`.
+        return guarded_train_step(self, *args[:-1], self._labels_into_x(args[-1]))
+
+    def test_step(self, *args):
+        return super().test_step(*args[:-1], self._labels_into_x(args[-1]))
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        # Record the step: a train step says whether it applied its update (`y_pred["applied"]`).
+        labels_valid = backend.all_replicas(self._labels_in_range(x))
+        outputs_finite = backend.all_replicas(fused.all_finite([y_pred["pred"], y_pred["target"]]))
+        if "applied" in y_pred:
+            self.training_record.update_state(y_pred["applied"], labels_valid, outputs_finite)
+        else:
+            applied = ops.logical_and(labels_valid, outputs_finite)
+            self.evaluation_record.update_state(applied, labels_valid, outputs_finite)
+        return super().compute_metrics(x, y, y_pred, sample_weight)
+
+    @property
+    def has_ema(self):
+        """Whether the optimizer holds an EMA of the weights (`use_ema` and at least one step)."""
+        return ema.has_ema(getattr(self, "optimizer", None))
+
+    def ema_weights(self):
+        """Context in which the trainable weights hold their EMA.
+
+        The training weights are copied aside and put back bit for bit on
+        exit. `generate`, `encode` and `log_likelihood` use it by default;
+        use it for anything else that should see the EMA, e.g.
+        `with model.ema_weights(): model.evaluate(x)`.
+        """
+        return ema.swapped_in(ema.ema_pairs(getattr(self, "optimizer", None), "`ema_weights()`"))
+
+    def apply_ema(self):
+        """Overwrite the training weights with their EMA, for good.
+
+        What Keras' `fit` does at its end (SiT's `fit` does not, see `fit`):
+        e.g. before exporting the weights, or to keep training from the EMA.
+        """
+        ema.copy_in(ema.ema_pairs(getattr(self, "optimizer", None), "`apply_ema()`"))
+
+
+def _portable_compile_config(config):
+    """Name the optimizer by its public class, not the backend's subclass.
+
+    Under PyTorch, `keras.optimizers.Adam()` is an instance of a torch
+    subclass whose module Keras saves; loaded under JAX or TensorFlow it
+    would run torch code.
+    """
+    optimizer = config.get("optimizer")
+    if isinstance(optimizer, dict) and str(optimizer.get("module", "")).startswith("keras.src.backend."):
+        config = {**config, "optimizer": {**optimizer, "module": "keras.optimizers", "registered_name": None}}
+    return config
