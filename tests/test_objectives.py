@@ -79,13 +79,21 @@ def test_the_loss_is_the_interpolant_loss_plus_the_weighted_term():
 
 def test_fit_trains_the_objectives_layer_and_logs_its_term(tmp_path):
     model = model_with_objective()
-    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    # A frozen backbone keeps the tokens' distribution fixed, so the regression term can only fall as
+    # the projector learns; with the backbone training too, a few noisy steps may go either way.
+    model.backbone.trainable = False
+    model.compile(optimizer=keras.optimizers.Adam(3e-2))
     kernel = to_numpy(model.objectives[1].projector.kernel).copy()
+    backbone = [to_numpy(w).copy() for w in model.backbone.weights]
     data = batch(size=8)
-    history = model.fit(data, batch_size=4, epochs=2, verbose=0, shuffle=False)
+    history = model.fit(data, batch_size=4, epochs=6, verbose=0, shuffle=False)
     assert set(history.history) == {"loss", "token_regression"}
-    assert history.history["token_regression"][-1] < history.history["token_regression"][0]
+    term = history.history["token_regression"]
+    assert np.mean(term[-2:]) < 0.9 * np.mean(term[:2]), term
     assert not np.allclose(to_numpy(model.objectives[1].projector.kernel), kernel)
+    for before, after in zip(backbone, model.backbone.weights, strict=True):
+        np.testing.assert_array_equal(to_numpy(after), before)
+    model.backbone.trainable = True
 
     path = tmp_path / "objective.keras"
     model.save(path)
