@@ -27,7 +27,11 @@ def main(argv=None):
     parser.add_argument("--per-label", type=int, default=10)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--cfg-scale", type=float, default=2.0)
-    parser.add_argument("--sampler", default="euler", help="a registered sampler: euler, midpoint, heun, rk4, ab2, dopri5, sde-euler, sde-heun")
+    parser.add_argument(
+        "--sampler",
+        default="euler",
+        help="a registered sampler: euler, midpoint, heun, rk4, ab2, dopri5, sde-euler, sde-heun",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=os.path.join("outputs", "samples.png"))
     args = parser.parse_args(argv)

@@ -44,7 +44,11 @@ def parse_args(argv=None):
     parser.add_argument("--image-size", type=int, default=32, help="side length images are resized to with --data")
     parser.add_argument("--path", default="linear", choices=["linear", "cosine", "vp"])
     parser.add_argument("--prediction", default="velocity", choices=["velocity", "score", "noise"])
-    parser.add_argument("--sampler", default="euler", help="a registered sampler: euler, midpoint, heun, rk4, ab2, dopri5, sde-euler, sde-heun")
+    parser.add_argument(
+        "--sampler",
+        default="euler",
+        help="a registered sampler: euler, midpoint, heun, rk4, ab2, dopri5, sde-euler, sde-heun",
+    )
     parser.add_argument("--sampling-steps", type=int, default=50)
     parser.add_argument("--cfg-scale", type=float, default=2.0)
     parser.add_argument("--quality-every", type=int, default=10, help="epochs between digits FD figures (0: none)")
