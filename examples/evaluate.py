@@ -42,7 +42,11 @@ def parse_args(argv=None):
     parser.add_argument("--sampler", default="sde-euler")
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--cfg-scale", type=float, default=1.5)
-    parser.add_argument("--guidance-channels", type=int, default=3)
+    parser.add_argument("--guidance-channels", type=int, default=3, help="latent channels guided (official SiT: 3)")
+    parser.add_argument(
+        "--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+        help="guide only where LO <= t <= HI (t=1 is noise); REPA samples with 0 0.7",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="outputs/evaluation")
     parser.add_argument("--adm-npz", action="store_true", help="also write samples.npz for ADM's evaluator")
@@ -64,6 +68,8 @@ def main(argv=None):
     guidance = {"cfg_scale": args.cfg_scale}
     if args.cfg_scale != 1.0:
         guidance["guidance_channels"] = args.guidance_channels
+        if args.guidance_interval is not None:
+            guidance["guidance_interval"] = tuple(args.guidance_interval)
     samples = generate_for_evaluation(
         model, os.path.join(args.output_dir, "samples"), num_samples=args.num_samples, batch_size=args.batch_size,
         feature_extractor=inception.features, seed=args.seed, sampler=args.sampler, num_steps=args.steps, **guidance,

@@ -24,6 +24,7 @@ from keras_sit import (
     paths,
     presets,
     sampling,
+    teachers,
     training,
     visualization,
 )
@@ -33,16 +34,18 @@ from keras_sit.callbacks import FrechetDistance, SampleGrid
 from keras_sit.convert import (
     export_official_state_dict,
     import_autoencoder,
+    import_dinov2,
     import_official_checkpoint,
 )
 from keras_sit.evaluation import evaluate
 from keras_sit.images import ArrayImages, ImageFolder
 from keras_sit.latents import LatentDataset, write_latent_cache
 from keras_sit.model import SiT
-from keras_sit.objectives import Objective
+from keras_sit.objectives import Objective, RepresentationAlignment
 from keras_sit.paths import CosinePath, LinearPath, Path, VPPath
 from keras_sit.pipeline import LatentSiT
 from keras_sit.presets import PRESETS, parameter_count
+from keras_sit.teachers import DINOv2Teacher
 from keras_sit.training import AdamW
 from keras_sit.transport import Transport
 from keras_sit.visualization import save_image_grid
@@ -57,6 +60,7 @@ __all__ = [
     "Autoencoder",
     "AutoencoderKL",
     "CosinePath",
+    "DINOv2Teacher",
     "FrechetDistance",
     "ImageFolder",
     "LatentDataset",
@@ -64,6 +68,7 @@ __all__ = [
     "LinearPath",
     "Objective",
     "Path",
+    "RepresentationAlignment",
     "SampleGrid",
     "SiT",
     "SiTBackbone",
@@ -80,6 +85,7 @@ __all__ = [
     "functions",
     "images",
     "import_autoencoder",
+    "import_dinov2",
     "import_official_checkpoint",
     "latents",
     "layers",
@@ -89,6 +95,7 @@ __all__ = [
     "presets",
     "sampling",
     "save_image_grid",
+    "teachers",
     "training",
     "visualization",
     "write_latent_cache",

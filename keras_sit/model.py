@@ -130,6 +130,12 @@ class SiT(TrainingMixin, SamplingMixin, keras.Model):
         # The interpolant loss first; every term but it is logged under its objective's name.
         self.objectives = [InterpolantLoss(), *objectives]
         for objective in self.objectives:
+            beyond = [k for k in objective.token_depths if not 1 <= k <= len(self.backbone.blocks)]
+            if beyond:
+                raise ValueError(
+                    f"The objective {objective.name!r} reads the tokens of block(s) {beyond}; this SiT has blocks "
+                    f"1 to {len(self.backbone.blocks)}."
+                )
             if not objective.built:
                 objective.build(self.backbone.token_shape)
         self.term_trackers = [keras.metrics.Mean(name=objective.name) for objective in objectives]

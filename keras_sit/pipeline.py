@@ -16,6 +16,17 @@ the paper), and the autoencoder turns samples back into pictures.
     model.save_sit("sit.keras")  # the SiT and its optimizer; the autoencoder is named, not stored
     model = keras_sit.LatentSiT.load("sit.keras", autoencoder=vae)
 
+With `latent_statistics` (the cache's per-channel `channel_mean` and
+`channel_std`) the SiT models normalised latents, `(latent - mean) / std`,
+as REPA trains it; `LatentDataset(..., normalize=True)` yields those, and
+`generate`, `decode_latents` and `encode_images` move between them and
+images:
+
+    dataset = keras_sit.latents.LatentDataset("cache/", batch_size=64, normalize=True)
+    model = keras_sit.LatentSiT.from_preset(
+        "SiT-B/2", autoencoder=vae, image_size=256, num_classes=10, latent_statistics=dataset.statistics
+    )
+
 Everything else (`compile`, EMA, guidance, every sampler, `encode`,
 `log_likelihood`) is `SiT`'s, on latents.
 """
@@ -23,6 +34,8 @@ Everything else (`compile`, EMA, guidance, every sampler, `encode`,
 import contextlib
 import contextvars
 import json
+import math
+import numbers
 import os
 import warnings
 
@@ -51,6 +64,16 @@ class LatentSiT(SiT):
         image_size: the side of the (square) images; sets the SiT's
             `input_shape` to the latents' shape. Or give `input_shape`
             (latent height, width, channels) directly.
+        latent_mean, latent_std: per-channel lists (one number per latent
+            channel, every std positive) for a SiT trained on normalised
+            latents, `(latent - latent_mean) / latent_std`: `decode_latents`
+            and `generate` undo it before the autoencoder decodes, and
+            `encode_images` applies it. None (the default) for a SiT on the
+            autoencoder's scaled latents themselves.
+        latent_statistics: the same from a latent cache: its description's
+            `"statistics"` (`{"channel_mean": [...], "channel_std": [...]}`,
+            also `LatentDataset.statistics`), in place of `latent_mean` and
+            `latent_std`. The config records `latent_mean` and `latent_std`.
         **kwargs: `SiT`'s arguments (architecture, objective, seed, ...).
 
     `save` writes one `.keras` file with the autoencoder in it, which
@@ -59,10 +82,15 @@ class LatentSiT(SiT):
     expects; `LatentSiT.load(path, autoencoder=vae)` reads it back.
     """
 
-    def __init__(self, autoencoder, image_size=None, **kwargs):
+    def __init__(
+        self, autoencoder, image_size=None, latent_mean=None, latent_std=None, latent_statistics=None, **kwargs
+    ):
         if isinstance(autoencoder, dict):
             autoencoder = keras.saving.deserialize_keras_object(autoencoder)
         _check_autoencoder_type(autoencoder)
+        latent_mean, latent_std = _latent_normalization(
+            latent_mean, latent_std, latent_statistics, autoencoder.latent_channels
+        )
         factor = autoencoder.downsampling_factor
         if image_size is not None:
             check_positive_int("image_size", image_size)
@@ -85,6 +113,9 @@ class LatentSiT(SiT):
         super().__init__(**kwargs)
         autoencoder.trainable = False
         self.autoencoder = autoencoder
+        # Tuples: Keras would track lists as its own list type.
+        self._latent_mean = None if latent_mean is None else tuple(latent_mean)
+        self._latent_std = None if latent_std is None else tuple(latent_std)
         self._autoencoder_left_out = False  # True while saving or loading the SiT alone
 
     def __dir__(self):
@@ -97,12 +128,26 @@ class LatentSiT(SiT):
         return names
 
     @classmethod
-    def from_sit(cls, sit, autoencoder):
-        """A `LatentSiT` with `sit`'s configuration and weights (e.g. an imported official checkpoint)."""
+    def from_sit(cls, sit, autoencoder, latent_mean=None, latent_std=None, latent_statistics=None):
+        """A `LatentSiT` with `sit`'s configuration and weights (e.g. an imported official checkpoint).
+
+        `latent_mean` and `latent_std`, or `latent_statistics`, as in
+        `LatentSiT`: the normalisation of the latents `sit` was trained on
+        (a `LatentSiT`'s own, if it has one and none is given).
+        """
         if not isinstance(sit, SiT):
             raise TypeError(f"`sit` must be a keras_sit.SiT; got {type(sit).__name__}.")
-        config = {key: value for key, value in sit.get_config().items() if key != "name"}
-        model = cls(autoencoder=autoencoder, **config)
+        latent_keys = ("autoencoder", "expected_autoencoder", "latent_mean", "latent_std")
+        config = {key: value for key, value in sit.get_config().items() if key != "name" and key not in latent_keys}
+        if latent_mean is None and latent_std is None and latent_statistics is None and isinstance(sit, LatentSiT):
+            latent_mean, latent_std = sit.latent_mean, sit.latent_std
+        model = cls(
+            autoencoder=autoencoder,
+            latent_mean=latent_mean,
+            latent_std=latent_std,
+            latent_statistics=latent_statistics,
+            **config,
+        )
         model.backbone.set_weights(sit.backbone.get_weights())
         return model
 
@@ -120,7 +165,9 @@ class LatentSiT(SiT):
 
         Returns:
             Images `[num_samples, H, W, 3]`, or with `return_trajectory`,
-            `(images, trajectory)` with the trajectory in latent space.
+            `(images, trajectory)` with the trajectory in the SiT's latent
+            space (normalised, when the model has `latent_mean` and
+            `latent_std`).
         """
         check_choice("output", output, OUTPUTS)
         check_positive_int("decode_batch_size", decode_batch_size, allow_none=True)
@@ -130,14 +177,55 @@ class LatentSiT(SiT):
         return images if trajectory is None else (images, trajectory)
 
     def decode_latents(self, latents, output="uint8", batch_size=None):
-        """Scaled latents `[B, h, w, c]` -> images, as in `generate`."""
+        """The SiT's latents `[B, h, w, c]` -> images, as in `generate` (normalised ones denormalised first)."""
         check_choice("output", output, OUTPUTS)
-        images = np.clip(ops.convert_to_numpy(self.autoencoder.decode(latents, batch_size=batch_size)), -1.0, 1.0)
+        scaled = self.denormalize_latents(latents)
+        images = np.clip(ops.convert_to_numpy(self.autoencoder.decode(scaled, batch_size=batch_size)), -1.0, 1.0)
         return images if output == "float" else to_uint8(images)
 
     def encode_images(self, images, sample=False, seed=None):
-        """Images (uint8 in 0..255, or floats in [-1, 1]) -> scaled latents: the posterior's mean, or a draw."""
-        return ops.convert_to_numpy(self.autoencoder.encode(to_float(images), sample=sample, seed=seed))
+        """Images (uint8 in 0..255, or floats in [-1, 1]) -> the SiT's latents: the posterior's mean, or a draw.
+
+        Those are the autoencoder's scaled latents, normalised when the model
+        has `latent_mean` and `latent_std`.
+        """
+        latents = self.autoencoder.encode(to_float(images), sample=sample, seed=seed)
+        return ops.convert_to_numpy(self.normalize_latents(latents))
+
+    @property
+    def latent_mean(self):
+        """The per-channel mean of the SiT's normalised latents (a list of floats), or None."""
+        return None if self._latent_mean is None else list(self._latent_mean)
+
+    @property
+    def latent_std(self):
+        """The per-channel std of the SiT's normalised latents (a list of floats), or None."""
+        return None if self._latent_std is None else list(self._latent_std)
+
+    @property
+    def normalizes_latents(self):
+        """Whether the SiT models normalised latents (`latent_mean` and `latent_std` are set)."""
+        return self._latent_mean is not None
+
+    def normalize_latents(self, latents):
+        """The autoencoder's scaled latents -> the SiT's: `(latents - latent_mean) / latent_std` (float32).
+
+        The identity without `latent_mean` and `latent_std`.
+        """
+        if not self.normalizes_latents:
+            return latents
+        mean, std = np.asarray(self._latent_mean, "float32"), np.asarray(self._latent_std, "float32")
+        return ops.divide(ops.subtract(ops.cast(latents, "float32"), mean), std)
+
+    def denormalize_latents(self, latents):
+        """The SiT's latents -> the autoencoder's scaled latents: `latents * latent_std + latent_mean` (float32).
+
+        The identity without `latent_mean` and `latent_std`.
+        """
+        if not self.normalizes_latents:
+            return latents
+        mean, std = np.asarray(self._latent_mean, "float32"), np.asarray(self._latent_std, "float32")
+        return ops.add(ops.multiply(ops.cast(latents, "float32"), std), mean)
 
     # --- Saving the SiT alone ----------------------------------------------
 
@@ -221,7 +309,7 @@ class LatentSiT(SiT):
         return model
 
     def get_config(self):
-        config = super().get_config()
+        config = {**super().get_config(), "latent_mean": self.latent_mean, "latent_std": self.latent_std}
         if getattr(self, "_autoencoder_left_out", False):
             return {**config, "autoencoder": None, "expected_autoencoder": _autoencoder_record(self.autoencoder)}
         return {**config, "autoencoder": keras.saving.serialize_keras_object(self.autoencoder)}
@@ -233,6 +321,42 @@ def _check_autoencoder_type(autoencoder):
             "`autoencoder` must be a keras_sit.autoencoders.Autoencoder (such as keras_sit.AutoencoderKL); "
             f"got {type(autoencoder).__name__}."
         )
+
+
+def _latent_normalization(latent_mean, latent_std, latent_statistics, channels):
+    """`LatentSiT`'s normalisation arguments, checked, as `(mean, std)` lists of floats or `(None, None)`."""
+    if latent_statistics is not None:
+        if latent_mean is not None or latent_std is not None:
+            raise ValueError("Give `latent_statistics` or `latent_mean` and `latent_std`, not both.")
+        if not isinstance(latent_statistics, dict) or not {"channel_mean", "channel_std"} <= set(latent_statistics):
+            raise ValueError(
+                "`latent_statistics` must be a latent cache's statistics, a dict with 'channel_mean' and "
+                f"'channel_std' (`description['statistics']` or `LatentDataset.statistics`); got {latent_statistics!r}."
+            )
+        latent_mean, latent_std = latent_statistics["channel_mean"], latent_statistics["channel_std"]
+    if (latent_mean is None) != (latent_std is None):
+        raise ValueError("`latent_mean` and `latent_std` go together: give both (normalised latents) or neither.")
+    if latent_mean is None:
+        return None, None
+    mean = _per_channel("latent_mean", latent_mean, channels)
+    std = _per_channel("latent_std", latent_std, channels)
+    if any(value <= 0 for value in std):
+        raise ValueError(f"`latent_std` must be positive in every channel; got {std}.")
+    return mean, std
+
+
+def _per_channel(name, values, channels):
+    """`values`, one finite number per latent channel, as a list of floats."""
+    values = values.tolist() if isinstance(values, np.ndarray) else values
+    if not isinstance(values, (list, tuple)) or not all(
+        isinstance(value, numbers.Real) and not isinstance(value, bool) for value in values
+    ):
+        raise TypeError(f"`{name}` must be a list of numbers, one per latent channel; got {values!r}.")
+    if len(values) != channels:
+        raise ValueError(f"`{name}` must have one number per latent channel ({channels}); got {len(values)}.")
+    if not all(math.isfinite(value) for value in values):
+        raise ValueError(f"`{name}` must be finite; got {list(values)}.")
+    return [float(value) for value in values]
 
 
 def _autoencoder_record(autoencoder):

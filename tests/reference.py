@@ -106,8 +106,11 @@ def unpatchify(tokens, p, data_shape, learn_sigma):
     return out[..., :channels]
 
 
-def backbone(model, x, t, labels=None):
-    """The whole network in NumPy (float64) with a `SiTBackbone`'s weights."""
+def backbone(model, x, t, labels=None, token_depth=None):
+    """The whole network in NumPy (float64) with a `SiTBackbone`'s weights.
+
+    With `token_depth` k, returns `(output, tokens after the k-th block)`.
+    """
     import keras
 
     x = np.asarray(x, "float64")
@@ -120,6 +123,10 @@ def backbone(model, x, t, labels=None):
     if labels is not None:
         table = keras.ops.convert_to_numpy(model.label_embedding.embedding.embeddings).astype("float64")
         c = c + table[np.asarray(labels)]
-    for layer in model.blocks:
+    tokens = None
+    for depth, layer in enumerate(model.blocks, start=1):
         h = block(h, c, layer)
-    return unpatchify(final_layer(h, c, model.final_layer), p, model.data_shape, model.learn_sigma)
+        if depth == token_depth:
+            tokens = h
+    output = unpatchify(final_layer(h, c, model.final_layer), p, model.data_shape, model.learn_sigma)
+    return output if token_depth is None else (output, tokens)

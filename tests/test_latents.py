@@ -1,4 +1,5 @@
-"""The latent cache: ADM's crop, both flips' posterior moments in atomic shards, resuming, streaming."""
+"""The latent cache: ADM's crop, both flips' posterior moments (and teacher features) in atomic shards, resuming,
+streaming, normalising."""
 
 import io
 import json
@@ -10,11 +11,13 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
 
 from keras_sit import latents
+from keras_sit.fingerprint import weights_fingerprint
 from keras_sit.latents import ArrayImages, ImageFolder, LatentDataset, center_crop, write_latent_cache
 from tests.conftest import tiny_autoencoder, to_numpy
 
@@ -29,6 +32,22 @@ def autoencoder():
 @pytest.fixture
 def images():
     return np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3)).astype("uint8")
+
+
+def tiny_teacher(seed=0, channels=8, name="teacher"):
+    """A teacher: 16x16x3 images in 0..255 -> 16 patch tokens of `channels` (a 4x4 strided convolution)."""
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 3), name="images"),
+            keras.layers.Conv2D(channels, 4, strides=4, name="patches"),
+            keras.layers.Reshape((16, channels), name="tokens"),
+        ],
+        name=name,
+    )
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        variable.assign(rng.normal(0, 0.01, size=variable.shape).astype("float32"))
+    return model
 
 
 def shard_arrays(directory):
@@ -228,18 +247,37 @@ class Slow(ArrayImages):
         return super().__getitem__(index)
 
 autoencoder = keras.saving.load_model(sys.argv[1])
+teachers = {name: keras.saving.load_model(path) for name, path in zip(sys.argv[4::2], sys.argv[5::2])} or None
 write_latent_cache(Slow(np.load(sys.argv[2]), np.arange(7) % 3), autoencoder, sys.argv[3], shard_size=2,
-                   batch_size=1, verbose=0)
+                   batch_size=1, verbose=0, teachers=teachers)
 """
 
 
-def test_killed_writer_resumes_to_the_same_cache(tmp_path, autoencoder):
+@pytest.mark.parametrize("with_features", [False, True], ids=["latents", "features"])
+def test_killed_writer_resumes_to_the_same_cache(tmp_path, autoencoder, with_features):
     images = np.random.default_rng(1).integers(0, 256, (7, 16, 16, 3)).astype("uint8")
     autoencoder.save(tmp_path / "vae.keras")
     np.save(tmp_path / "images.npy", images)
+    # With features: two teachers, run in the killed writer as loaded from their files.
+    teachers = {"dino": tiny_teacher(0, name="dino"), "mae": tiny_teacher(1, channels=4, name="mae")}
+    teacher_arguments = []
+    if with_features:
+        for name, teacher in teachers.items():
+            teacher.save(tmp_path / f"{name}.keras")
+            teacher_arguments += [name, str(tmp_path / f"{name}.keras")]
+    else:
+        teachers = None
     resumed = tmp_path / "resumed"
     process = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(tmp_path / "vae.keras"), str(tmp_path / "images.npy"), str(resumed)],
+        [
+            sys.executable,
+            "-c",
+            WRITER,
+            str(tmp_path / "vae.keras"),
+            str(tmp_path / "images.npy"),
+            str(resumed),
+            *teacher_arguments,
+        ],
         cwd=ROOT,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
@@ -253,16 +291,20 @@ def test_killed_writer_resumes_to_the_same_cache(tmp_path, autoencoder):
     assert not json.loads((resumed / "cache.json").read_text()).get("complete")
     with pytest.raises(ValueError, match="unfinished"):
         LatentDataset(resumed)
-    resumed_description = write_latent_cache(
-        ArrayImages(images, np.arange(7) % 3), autoencoder, resumed, shard_size=2, batch_size=1, verbose=0
-    )
+    options = dict(shard_size=2, batch_size=1, verbose=0, teachers=teachers)
+    resumed_description = write_latent_cache(ArrayImages(images, np.arange(7) % 3), autoencoder, resumed, **options)
     fresh = tmp_path / "fresh"
-    fresh_description = write_latent_cache(
-        ArrayImages(images, np.arange(7) % 3), autoencoder, fresh, shard_size=2, batch_size=1, verbose=0
-    )
+    fresh_description = write_latent_cache(ArrayImages(images, np.arange(7) % 3), autoencoder, fresh, **options)
     assert resumed_description == fresh_description
     resumed_arrays, fresh_arrays = shard_arrays(resumed), shard_arrays(fresh)
-    assert sorted(resumed_arrays) == sorted(fresh_arrays) and len(fresh_arrays) == 16
+    # Per shard: mean, std, labels and sums, and with features dino and mae.
+    assert sorted(resumed_arrays) == sorted(fresh_arrays) and len(fresh_arrays) == (24 if with_features else 16)
+    if with_features:
+        assert fresh_description["features"] == {
+            "dino": {"shape": [16, 8], "dtype": "float16"},
+            "mae": {"shape": [16, 4], "dtype": "float16"},
+        }
+        assert fresh_arrays["shard-00003/dino.npy"].shape == (1, 2, 16, 8)
     for name, array in fresh_arrays.items():
         np.testing.assert_array_equal(resumed_arrays[name], array, err_msg=name)
     assert not [n for n in os.listdir(resumed) if n.endswith(".partial")]
@@ -334,3 +376,200 @@ def test_float16_cache_halves_the_moments(tmp_path, autoencoder, images):
     assert np.load(tmp_path / "shard-00000" / "mean.npy").dtype == np.float16
     assert LatentDataset(tmp_path, batch_size=2)[0].dtype == np.float32
     assert latents.read_cache_description(tmp_path)["dtype"] == "float16"
+
+
+# --- teacher features ----------------------------------------------------------------------------
+
+
+def test_cache_stores_the_teachers_tokens_of_both_flips(tmp_path, autoencoder, images):
+    labels = np.array([0, 1, 2, 1, 0])
+    dino, mae = tiny_teacher(0, name="dino"), tiny_teacher(1, channels=4, name="mae")
+    options = dict(shard_size=2, batch_size=3, verbose=0)
+    description = write_latent_cache(
+        ArrayImages(images, labels),
+        autoencoder,
+        tmp_path / "both",
+        teachers={"dino": dino, "mae": mae},
+        feature_dtype="float32",
+        **options,
+    )
+    assert description["features"] == {
+        "dino": {"shape": [16, 8], "dtype": "float32"},
+        "mae": {"shape": [16, 4], "dtype": "float32"},
+    }
+    assert description["feature_dtype"] == "float32"
+    record = description["teachers"]["dino"]
+    assert record["class_name"] == "Sequential" and record["weights_sha256"] == weights_fingerprint(dino.weights)
+    assert "name" not in record["config"] and record["config"]["layers"][1]["config"]["filters"] == 8
+    assert json.loads((tmp_path / "both" / "cache.json").read_text()) == description
+    # The teachers see float32 images in 0..255, the images and their mirrors.
+    pixels = images.astype("float32")
+    for name, teacher in (("dino", dino), ("mae", mae)):
+        stored = np.concatenate([np.load(tmp_path / "both" / f"shard-0000{s}" / f"{name}.npy") for s in range(3)])
+        assert stored.dtype == np.float32 and stored.shape == (5, 2, *description["features"][name]["shape"])
+        for flip, view in enumerate((pixels, pixels[:, :, ::-1])):
+            np.testing.assert_allclose(stored[:, flip], to_numpy(teacher(view)), rtol=1e-5, atol=1e-5)
+    # The latents, labels and statistics are those of a cache without features, exactly.
+    plain = write_latent_cache(ArrayImages(images, labels), autoencoder, tmp_path / "plain", **options)
+    assert "features" not in plain and "teachers" not in plain
+    assert description["statistics"] == plain["statistics"]
+    arrays, plain_arrays = shard_arrays(tmp_path / "both"), shard_arrays(tmp_path / "plain")
+    assert sorted(arrays) == sorted(
+        [*plain_arrays, *(f"shard-0000{s}/{n}.npy" for s in range(3) for n in ("dino", "mae"))]
+    )
+    for name, array in plain_arrays.items():
+        np.testing.assert_array_equal(arrays[name], array, err_msg=name)
+    # One teacher is stored as `features`, in float16 by default.
+    single = write_latent_cache(ArrayImages(images, labels), autoencoder, tmp_path / "single", teachers=dino, **options)
+    assert single["features"] == {"features": {"shape": [16, 8], "dtype": "float16"}}
+    features = np.load(tmp_path / "single" / "shard-00000" / "features.npy")
+    assert features.dtype == np.float16
+    np.testing.assert_array_equal(features, np.load(tmp_path / "both" / "shard-00000" / "dino.npy").astype("float16"))
+
+
+def test_features_of_a_shard_of_skipped_images_only(tmp_path, autoencoder):
+    folder = ImageFolder(odd_folder(tmp_path / "images"), 16)
+    write_latent_cache(
+        folder, autoencoder, tmp_path / "cache", shard_size=2, verbose=0, on_error="skip", teachers=tiny_teacher()
+    )
+    assert np.load(tmp_path / "cache" / "shard-00001" / "features.npy").shape == (0, 2, 16, 8)
+    dataset = LatentDataset(tmp_path / "cache", batch_size=5, shuffle=False, flip=False, sample=False, features=True)
+    inputs, labels = dataset[0]
+    pixels = np.stack([folder[i][0] for i in (0, 1, 4, 5, 6)]).astype("float32")
+    np.testing.assert_allclose(inputs["features"], to_numpy(tiny_teacher()(pixels)), rtol=1e-2, atol=1e-2)  # float16
+    np.testing.assert_array_equal(labels, [0, 0, 1, 1, 1])
+
+
+def test_a_cache_is_resumed_with_its_teachers_only(tmp_path, autoencoder, images):
+    source = ArrayImages(images)
+    options = dict(shard_size=2, verbose=0)
+    description = write_latent_cache(source, autoencoder, tmp_path, teachers={"dino": tiny_teacher(0)}, **options)
+    shutil.rmtree(tmp_path / "shard-00001")
+    with pytest.raises(ValueError, match=r"`teachers` are not the ones .*: 'dino' \(another weights\)"):
+        write_latent_cache(source, autoencoder, tmp_path, teachers={"dino": tiny_teacher(1)}, **options)
+    with pytest.raises(ValueError, match=r"'dino' \(another configuration and weights\)"):
+        write_latent_cache(source, autoencoder, tmp_path, teachers={"dino": tiny_teacher(0, channels=4)}, **options)
+    with pytest.raises(ValueError, match=r"'dino' \(in the cache, not given\)"):
+        write_latent_cache(source, autoencoder, tmp_path, **options)
+    with pytest.raises(ValueError, match=r"'dino' \(in the cache, not given\), 'features' \(given, not in the cache\)"):
+        write_latent_cache(source, autoencoder, tmp_path, teachers=tiny_teacher(0), **options)
+    with pytest.raises(ValueError, match="another source, autoencoder or setting"):
+        write_latent_cache(
+            source, autoencoder, tmp_path, teachers={"dino": tiny_teacher(0)}, feature_dtype="float32", **options
+        )
+    assert not (tmp_path / "shard-00001").exists()
+    # The same teacher, built anew, resumes it.
+    assert (
+        write_latent_cache(source, autoencoder, tmp_path, teachers={"dino": tiny_teacher(0)}, **options) == description
+    )
+    write_latent_cache(source, autoencoder, tmp_path / "plain", **options)
+    with pytest.raises(ValueError, match=r"'dino' \(given, not in the cache\)"):
+        write_latent_cache(source, autoencoder, tmp_path / "plain", teachers={"dino": tiny_teacher(0)}, **options)
+
+
+def test_bad_teachers(tmp_path, autoencoder, images):
+    def write(teachers, **options):
+        write_latent_cache(ArrayImages(images), autoencoder, tmp_path, verbose=0, teachers=teachers, **options)
+
+    for name in ("mean", "labels", "x", "Std", "sums", "images"):
+        with pytest.raises(ValueError, match=f"`teachers` name '{name}' is taken"):
+            write({name: tiny_teacher()})
+    with pytest.raises(ValueError, match="`teachers` names must be Python identifiers .*got 'dino v2'"):
+        write({"dino v2": tiny_teacher()})
+    with pytest.raises(ValueError, match="differ in more than case"):
+        write({"dino": tiny_teacher(), "DINO": tiny_teacher()})
+    with pytest.raises(ValueError, match="`teachers` is an empty dict"):
+        write({})
+    with pytest.raises(
+        TypeError, match="`teachers` must be a Keras model, layer or callable .* got str for 'features'"
+    ):
+        write("dinov2")
+    with pytest.raises(ValueError, match="`feature_dtype` must be one of"):
+        write(tiny_teacher(), feature_dtype="bfloat16")
+    with pytest.raises(ValueError, match=r"'features' must map images \[B, S, S, 3\] to tokens \[B, N, C\]"):
+        write(lambda x: x)  # images, not tokens
+    assert not os.path.exists(tmp_path / "shard-00000")
+
+
+def test_dataset_yields_the_features_of_each_latents_flip(tmp_path, autoencoder, images):
+    teachers = {"dino": tiny_teacher(0, name="dino"), "mae": tiny_teacher(1, channels=4, name="mae")}
+    write_latent_cache(
+        ArrayImages(images, np.array([0, 1, 2, 1, 0])),
+        autoencoder,
+        tmp_path,
+        shard_size=2,
+        verbose=0,
+        teachers=teachers,
+    )
+    means = np.concatenate([np.load(tmp_path / f"shard-0000{s}" / "mean.npy") for s in range(3)])
+    stored = {
+        n: np.concatenate([np.load(tmp_path / f"shard-0000{s}" / f"{n}.npy") for s in range(3)]) for n in teachers
+    }
+    flips = []
+    for seed in range(4):
+        dataset = LatentDataset(tmp_path, batch_size=5, shuffle=False, sample=False, seed=seed, features=True)
+        assert dataset.features == ("dino", "mae") and dataset.feature_shapes == {"dino": (16, 8), "mae": (16, 4)}
+        inputs, labels = dataset[0]
+        assert sorted(inputs) == ["dino", "mae", "x"] and inputs["dino"].dtype == np.float32
+        np.testing.assert_array_equal(labels, [0, 1, 2, 1, 0])
+        # The latents are those of a dataset without features, exactly.
+        plain = LatentDataset(tmp_path, batch_size=5, shuffle=False, sample=False, seed=seed)[0][0]
+        np.testing.assert_array_equal(inputs["x"], plain)
+        for row in range(5):
+            flip = [f for f in (0, 1) if np.array_equal(inputs["x"][row], means[row, f])]
+            assert len(flip) == 1
+            flips.append(flip[0])
+            for name in teachers:
+                np.testing.assert_array_equal(inputs[name][row], stored[name][row, flip[0]].astype("float32"))
+    assert set(flips) == {0, 1}
+    # Shuffled: still the tokens of the chosen flip, example by example.
+    dataset = LatentDataset(tmp_path, batch_size=3, seed=7, sample=False, features="mae")
+    for index in range(len(dataset)):
+        inputs, labels = dataset[index]
+        assert sorted(inputs) == ["mae", "x"]
+        for row, example in enumerate(dataset._order[index * 3 : (index + 1) * 3]):
+            (flip,) = [f for f in (0, 1) if np.array_equal(inputs["x"][row], means[example, f])]
+            np.testing.assert_array_equal(inputs["mae"][row], stored["mae"][example, flip].astype("float32"))
+    assert sorted(LatentDataset(tmp_path, batch_size=5, features=("dino",))[0][0]) == ["dino", "x"]
+    with pytest.raises(ValueError, match=r"`features` must name distinct features .* stores \['dino', 'mae'\]"):
+        LatentDataset(tmp_path, features="clip")
+    with pytest.raises(ValueError, match="`features` must name distinct features"):
+        LatentDataset(tmp_path, features=("dino", "dino"))
+    with pytest.raises(TypeError, match="`features` must be a bool, a feature name or a tuple of names; got 3"):
+        LatentDataset(tmp_path, features=3)
+
+
+def test_unlabelled_cache_with_features_yields_a_dict(tmp_path, autoencoder, images):
+    write_latent_cache(ArrayImages(images), autoencoder, tmp_path, verbose=0, teachers=tiny_teacher())
+    batch = LatentDataset(tmp_path, batch_size=4, features=True)[0]
+    assert isinstance(batch, dict) and batch["x"].shape == (4, 8, 8, 4) and batch["features"].shape == (4, 16, 8)
+    write_latent_cache(ArrayImages(images), autoencoder, tmp_path / "plain", verbose=0)
+    with pytest.raises(ValueError, match="stores none .*teachers="):
+        LatentDataset(tmp_path / "plain", features=True)
+
+
+# --- normalisation -------------------------------------------------------------------------------
+
+
+def test_normalized_dataset_subtracts_the_mean_and_divides_by_the_std(cache):
+    description = latents.read_cache_description(cache)
+    mean = np.asarray(description["statistics"]["channel_mean"], "float32")
+    std = np.asarray(description["statistics"]["channel_std"], "float32")
+    dataset = LatentDataset(cache, batch_size=5, seed=3, normalize=True)
+    assert dataset.statistics == description["statistics"]
+    raw = LatentDataset(cache, batch_size=5, seed=3)
+    for _ in range(2):
+        (normalized, labels), (drawn, raw_labels) = dataset[0], raw[0]
+        np.testing.assert_allclose(normalized, (drawn - mean) / std, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(labels, raw_labels)
+        dataset.on_epoch_end(), raw.on_epoch_end()
+    # Over both flips' means, the normalised latents have about zero mean per channel.
+    means = LatentDataset(cache, batch_size=5, shuffle=False, flip=False, sample=False, normalize=True)[0][0]
+    flipped = [
+        (x - mean) / std for x in np.concatenate([np.load(cache / f"shard-0000{s}" / "mean.npy") for s in range(3)])
+    ]
+    np.testing.assert_allclose(means, np.stack(flipped)[:, 0], rtol=1e-6, atol=1e-6)
+    both = np.stack(flipped).reshape(-1, 4)
+    np.testing.assert_allclose(both.mean(0), 0.0, atol=1e-5)
+    with pytest.raises(TypeError, match="`normalize` must be a bool"):
+        LatentDataset(cache, normalize="yes")

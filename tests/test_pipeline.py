@@ -1,4 +1,5 @@
-"""LatentSiT end to end: a folder of images -> latent cache -> fit -> generate -> PNG, saved as one file."""
+"""LatentSiT end to end: a folder of images -> latent cache -> fit -> generate -> PNG, saved as one file; latents
+normalised with the cache's statistics; teacher features from the cache into an objective."""
 
 import glob
 import os
@@ -7,12 +8,14 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from keras import ops
 from PIL import Image
 
 import keras_sit
 from keras_sit import files
-from keras_sit.latents import ImageFolder, LatentDataset, write_latent_cache
-from keras_sit.visualization import save_image_grid
+from keras_sit.latents import ArrayImages, ImageFolder, LatentDataset, write_latent_cache
+from keras_sit.objectives import Objective
+from keras_sit.visualization import save_image_grid, to_float
 from tests.conftest import tiny_autoencoder, to_numpy
 
 SIT = dict(patch_size=2, hidden_size=16, depth=1, num_heads=2, seed=0)
@@ -169,3 +172,127 @@ def test_the_sit_alone_needs_the_right_autoencoder(tmp_path):
     sit.save(tmp_path / "sit.keras")
     with pytest.raises(ValueError, match="not a LatentSiT"):
         keras_sit.LatentSiT.load(tmp_path / "sit.keras")
+
+
+# --- normalised latents ----------------------------------------------------------------------------
+
+STATISTICS = {"channel_mean": [0.1, -0.2, 0.3, 0.05], "channel_std": [0.5, 2.0, 1.5, 0.8]}
+MEAN, STD = (np.asarray(STATISTICS[key], "float32") for key in ("channel_mean", "channel_std"))
+
+
+def test_normalized_latents_are_denormalized_to_decode_and_normalized_on_encoding(tmp_path, rng):
+    autoencoder = tiny_autoencoder()
+    sit = keras_sit.SiT(input_shape=(8, 8, 4), num_classes=3, **SIT)
+    for variable in sit.backbone.trainable_weights:
+        variable.assign(rng.normal(0, 0.2, size=variable.shape).astype("float32"))
+    model = keras_sit.LatentSiT.from_sit(sit, autoencoder, latent_statistics=STATISTICS)
+    assert model.normalizes_latents and model.latent_mean == STATISTICS["channel_mean"]
+    assert model.get_config()["latent_std"] == STATISTICS["channel_std"]
+
+    # The SiT samples normalised latents; the images are those of `latent * std + mean`.
+    options = dict(labels=[0, 2], num_steps=2, cfg_scale=2.0, seed=5)
+    normalized = sit.generate(2, **options)
+    expected = np.clip(to_numpy(autoencoder.decode(normalized * STD + MEAN)), -1.0, 1.0)
+    np.testing.assert_allclose(model.generate(2, output="float", **options), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.decode_latents(normalized, output="float"), expected, rtol=1e-5, atol=1e-5)
+    unnormalized = keras_sit.LatentSiT.from_sit(sit, autoencoder)
+    assert not unnormalized.normalizes_latents and unnormalized.get_config()["latent_mean"] is None
+    assert np.abs(unnormalized.decode_latents(normalized, output="float") - expected).max() > 0.01
+
+    # Encoding normalises: `(latent - mean) / std`; decoding it gives the autoencoder's round trip.
+    images = rng.integers(0, 256, (3, 16, 16, 3)).astype("uint8")
+    scaled = to_numpy(autoencoder.encode(to_float(images), sample=False))
+    encoded = model.encode_images(images)
+    np.testing.assert_allclose(encoded, (scaled - MEAN) / STD, rtol=1e-5, atol=1e-6)
+    round_trip = np.clip(to_numpy(autoencoder.decode(scaled)), -1.0, 1.0)
+    np.testing.assert_allclose(model.decode_latents(encoded, output="float"), round_trip, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(model.denormalize_latents(model.normalize_latents(scaled))), scaled, atol=1e-6)
+
+    # Saved and loaded (one file, or the SiT alone), the statistics stay.
+    expected_images = model.generate(2, **options)
+    model.save(tmp_path / "model.keras")
+    model.save_sit(tmp_path / "sit.keras")
+    for loaded in (
+        keras.saving.load_model(tmp_path / "model.keras", safe_mode=True),
+        keras_sit.LatentSiT.load(tmp_path / "sit.keras", autoencoder=tiny_autoencoder(), safe_mode=True),
+    ):
+        assert loaded.latent_mean == STATISTICS["channel_mean"] and loaded.latent_std == STATISTICS["channel_std"]
+        np.testing.assert_array_equal(loaded.generate(2, **options), expected_images)
+    # `from_sit` of a LatentSiT keeps its statistics.
+    assert keras_sit.LatentSiT.from_sit(model, autoencoder).latent_std == STATISTICS["channel_std"]
+
+
+def test_a_cache_normalised_into_fit_with_teacher_features(tmp_path, rng):
+    """REPA's data: normalised latents and a teacher's tokens of the same flip, read by an objective in `fit`."""
+    images = rng.integers(0, 256, (6, 16, 16, 3)).astype("uint8")
+    seeded = keras.initializers.GlorotUniform(seed=0)
+    patches = keras.layers.Conv2D(6, 4, strides=4, kernel_initializer=seeded, name="patches")
+    teacher = keras.Sequential(
+        [keras.Input((16, 16, 3), name="images"), patches, keras.layers.Reshape((16, 6), name="tokens")],
+        name="teacher",
+    )
+    autoencoder = tiny_autoencoder()
+    description = write_latent_cache(
+        ArrayImages(images, np.arange(6) % 2), autoencoder, tmp_path, verbose=0, teachers={"dino": teacher}
+    )
+    dataset = LatentDataset(tmp_path, batch_size=3, seed=0, features=True, normalize=True)
+    model = keras_sit.LatentSiT.from_preset(
+        "SiT-S/2",
+        autoencoder=autoencoder,
+        image_size=16,
+        num_classes=2,
+        latent_statistics=dataset.statistics,
+        hidden_size=16,
+        depth=1,
+        num_heads=2,
+        objectives=[TokenAlignment(name="alignment")],
+    )
+    assert model.latent_mean == description["statistics"]["channel_mean"]
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    history = model.fit(dataset, epochs=1, verbose=0).history
+    assert set(history) == {"loss", "alignment"} and np.isfinite(history["alignment"][0])
+    assert model.generate(2, labels=[0, 1], num_steps=2, seed=0).shape == (2, 16, 16, 3)
+
+
+@keras.saving.register_keras_serializable(package="keras_sit_tests")
+class TokenAlignment(Objective):
+    """REPA's term: minus the mean cosine similarity of projected block-1 tokens and the teacher's tokens."""
+
+    extra_inputs = ("dino",)
+    token_depths = (1,)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.projector = keras.layers.Dense(6, name="projector")
+
+    def build(self, token_shape):
+        self.projector.build((None, *token_shape))
+
+    def term(self, batch, forward, training=False):
+        projected = self.projector(forward["tokens"][1])
+        target = ops.cast(batch["dino"], "float32")
+        cosine = ops.sum(projected * target, -1) / (ops.norm(projected, axis=-1) * ops.norm(target, axis=-1) + 1e-6)
+        return -ops.mean(cosine)
+
+
+def test_bad_normalization_arguments():
+    autoencoder = tiny_autoencoder()
+
+    def model(**kwargs):
+        return keras_sit.LatentSiT(autoencoder=autoencoder, image_size=16, **SIT, **kwargs)
+
+    with pytest.raises(ValueError, match="`latent_mean` and `latent_std` go together"):
+        model(latent_mean=[0.0] * 4)
+    with pytest.raises(ValueError, match=r"`latent_std` must have one number per latent channel \(4\); got 3"):
+        model(latent_mean=[0.0] * 4, latent_std=[1.0] * 3)
+    with pytest.raises(ValueError, match="`latent_std` must be positive in every channel"):
+        model(latent_mean=[0.0] * 4, latent_std=[1.0, 0.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="`latent_mean` must be finite"):
+        model(latent_mean=[0.0, float("nan"), 0.0, 0.0], latent_std=[1.0] * 4)
+    with pytest.raises(TypeError, match="`latent_mean` must be a list of numbers"):
+        model(latent_mean="0.0", latent_std=[1.0] * 4)
+    with pytest.raises(ValueError, match="Give `latent_statistics` or `latent_mean` and `latent_std`, not both"):
+        model(latent_statistics=STATISTICS, latent_mean=[0.0] * 4, latent_std=[1.0] * 4)
+    with pytest.raises(ValueError, match="`latent_statistics` must be a latent cache's statistics"):
+        model(latent_statistics={"mean": [0.0] * 4})
+    assert model(latent_mean=np.zeros(4), latent_std=(1, 2, 3, 4)).latent_std == [1.0, 2.0, 3.0, 4.0]

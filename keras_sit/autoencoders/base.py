@@ -16,12 +16,10 @@ scaled latents: `encode` returns them, `decode` takes them,
 `LatentDistribution.mean` and `sample` are in that space.
 """
 
-import hashlib
-
 import keras
-import numpy as np
 from keras import ops
 
+from keras_sit.fingerprint import weights_fingerprint
 from keras_sit.validation import check_bool, check_number, check_positive_int, check_real_dtype, check_seed
 
 
@@ -228,10 +226,7 @@ class Autoencoder(keras.Model):
 
     def weights_fingerprint(self):
         """A SHA-256 of the weights (as float32, in `weights` order): same config and weights, same latents."""
-        digest = hashlib.sha256()
-        for weight in self.weights:
-            digest.update(np.ascontiguousarray(ops.convert_to_numpy(weight), "float32").tobytes())
-        return digest.hexdigest()
+        return weights_fingerprint(self.weights)
 
     def get_config(self):
         return {

@@ -1,0 +1,212 @@
+"""`LatentDataset`: a latent cache streamed into `fit`, memory-mapped, a fresh draw and flip each time.
+
+It reads a cache written by `keras_sit.latent_cache.write_latent_cache`
+(the layout is described there): each time an example is used it takes one
+of the two flips at random and draws a latent from the stored posterior
+(where there is one). It can also yield the stored teacher features of the
+same flip, for an objective that reads them (REPA), and normalise the
+latents per channel with the cache's statistics.
+"""
+
+import os
+
+import keras
+import numpy as np
+
+from keras_sit.latent_cache import read_cache_description, shard_path
+from keras_sit.validation import check_bool, check_positive_int, check_seed
+
+
+class LatentDataset(keras.utils.PyDataset):
+    """Batches of latents (and labels, and teacher features) from a cache written by `write_latent_cache`.
+
+    Every time an example is used, one of its two flips is chosen and a
+    latent is drawn from the stored posterior, `mean + std * N(0, I)`
+    (`sample=False` takes the mean; a cache of a deterministic autoencoder
+    stores no `std` and always gives its latents). The order is a fresh permutation every
+    epoch. Draws come from a NumPy generator keyed by `(seed, epoch, batch)`,
+    so a seed gives the same batches on every backend and every run. The
+    shards are memory-mapped: only the examples of a batch are read. Images
+    skipped while the cache was written are not there: `num_examples` counts
+    the examples stored (the description's `num_cached`).
+
+    Args:
+        directory: the cache.
+        batch_size: examples per batch.
+        shuffle: a fresh order every epoch (else the cache's order).
+        flip: pick one of the two flips at random (else always the
+            original image).
+        sample: draw from the posterior (else its mean).
+        seed: int, or None for a random one.
+        drop_remainder: drop the last, smaller batch (needed by a
+            multi-device `keras.distribution`, which splits batches evenly).
+        features: the teacher features to yield beside the latents: False
+            (none), True (every one the cache stores), a name or a tuple of
+            names (`write_latent_cache(..., teachers=...)`'s). Each example's
+            tokens are those of the flip its latent comes from, as float32.
+        normalize: yield `(latent - channel_mean) / channel_std` with the
+            cache's per-channel statistics (`statistics`), for a SiT trained
+            on normalised latents; give it the same statistics
+            (`LatentSiT(..., latent_statistics=dataset.statistics)`) so that
+            it decodes them.
+        **kwargs: `keras.utils.PyDataset`'s (`workers`, ...).
+
+    Yields `(latents, labels)` for a cache with labels, else `latents`; with
+    features, `latents` is the dict `{"x": latents, NAME: tokens, ...}`
+    that `SiT.fit` hands to objectives reading `extra_inputs`.
+    """
+
+    def __init__(
+        self,
+        directory,
+        batch_size=64,
+        shuffle=True,
+        flip=True,
+        sample=True,
+        seed=None,
+        drop_remainder=False,
+        features=False,
+        normalize=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_positive_int("batch_size", batch_size)
+        for name, value in (
+            ("shuffle", shuffle),
+            ("flip", flip),
+            ("sample", sample),
+            ("drop_remainder", drop_remainder),
+            ("normalize", normalize),
+        ):
+            check_bool(name, value)
+        check_seed(seed)
+        self.description = read_cache_description(directory)
+        self.directory = directory
+        self.batch_size, self.shuffle, self.flip, self.sample = int(batch_size), shuffle, flip, sample
+        self.drop_remainder, self.normalize = drop_remainder, normalize
+        self.features = _feature_names(features, self.description, directory)
+        self.seed = int(np.random.default_rng().integers(2**31 - 1)) if seed is None else int(seed)
+        shards = [shard_path(directory, s) for s in range(self.description["num_shards"])]
+        means = [np.load(os.path.join(s, "mean.npy"), mmap_mode="r") for s in shards]
+        # A deterministic autoencoder's cache has no `std`: its latents are the means.
+        self.stochastic = os.path.exists(os.path.join(shards[0], "std.npy"))
+        stds = [np.load(os.path.join(s, "std.npy"), mmap_mode="r") if self.stochastic else None for s in shards]
+        labels = np.concatenate([np.load(os.path.join(s, "labels.npy")) for s in shards])
+        self.labels = None if np.all(labels < 0) else labels
+        self.shard_size = self.description["shard_size"]
+        # Shards are shorter than `shard_size` where images were skipped: index them by their starts.
+        kept = [i for i, mean in enumerate(means) if len(mean)]
+        self._means, self._stds = [means[i] for i in kept], [stds[i] for i in kept]
+        self._features = {
+            name: [np.load(os.path.join(shards[i], f"{name}.npy"), mmap_mode="r") for i in kept]
+            for name in self.features
+        }
+        lengths = [len(mean) for mean in self._means]
+        self._starts = np.cumsum([0, *lengths[:-1]])
+        self._num_examples = int(sum(lengths))
+        if normalize:
+            self._channel_mean, self._channel_std = _normalization(self.statistics, directory)
+        self.epoch = 0
+        self._order = self._permutation()
+
+    @property
+    def num_examples(self):
+        """The examples in the cache (the source's images less those skipped)."""
+        return self._num_examples
+
+    @property
+    def latent_shape(self):
+        return tuple(self.description["latent_shape"])
+
+    @property
+    def statistics(self):
+        """The cache's per-channel statistics of the latents, `{"channel_mean": [...], "channel_std": [...]}`."""
+        return dict(self.description["statistics"])
+
+    @property
+    def feature_shapes(self):
+        """The token shape `(N, C)` of each feature this dataset yields, by name."""
+        return {name: tuple(self.description["features"][name]["shape"]) for name in self.features}
+
+    @property
+    def num_classes(self):
+        names = self.description.get("class_names")
+        if names:
+            return len(names)
+        return None if self.labels is None else int(self.labels.max()) + 1
+
+    def __len__(self):
+        full, rest = divmod(self.num_examples, self.batch_size)
+        return full if self.drop_remainder or rest == 0 else full + 1
+
+    def _permutation(self):
+        if not self.shuffle:
+            return np.arange(self.num_examples)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.num_examples)
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._order = self._permutation()
+
+    def __getitem__(self, index):
+        indices = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        flips = rng.integers(0, 2, len(indices)) if self.flip else np.zeros(len(indices), "int64")
+        sample = self.sample and self.stochastic
+        means = np.empty((len(indices), *self.latent_shape), "float32")
+        stds = np.empty_like(means) if sample else None
+        features = {name: np.empty((len(indices), *shape), "float32") for name, shape in self.feature_shapes.items()}
+        for row, (example, flip) in enumerate(zip(indices, flips)):
+            shard = int(np.searchsorted(self._starts, example, side="right")) - 1
+            offset = int(example) - int(self._starts[shard])
+            means[row] = self._means[shard][offset, flip]
+            if sample:
+                stds[row] = self._stds[shard][offset, flip]
+            for name, tokens in features.items():
+                tokens[row] = self._features[name][shard][offset, flip]
+        latents = means + stds * rng.standard_normal(means.shape, dtype="float32") if sample else means
+        if self.normalize:
+            latents = (latents - self._channel_mean) / self._channel_std
+        inputs = {"x": latents, **features} if features else latents
+        if self.labels is None:
+            return inputs
+        return inputs, self.labels[indices].astype("int32")
+
+
+def _feature_names(features, description, directory):
+    """`LatentDataset`'s `features` argument as a tuple of names the cache stores."""
+    stored = sorted(description.get("features") or {})
+    if features is False or features is None:
+        return ()
+    if features is True:
+        names = tuple(stored)
+    elif isinstance(features, str):
+        names = (features,)
+    elif isinstance(features, (tuple, list)) and all(isinstance(name, str) for name in features):
+        names = tuple(features)
+    else:
+        raise TypeError(f"`features` must be a bool, a feature name or a tuple of names; got {features!r}.")
+    if not names:
+        raise ValueError(
+            f"`features` asks for teacher features, but the latent cache in {directory!r} stores none "
+            "(write it with `write_latent_cache(..., teachers=...)`)."
+        )
+    unknown = [name for name in names if name not in stored]
+    if unknown or len(set(names)) != len(names):
+        raise ValueError(
+            f"`features` must name distinct features of the latent cache in {directory!r}, which stores "
+            f"{stored or 'none'}; got {list(names)}."
+        )
+    return names
+
+
+def _normalization(statistics, directory):
+    """The cache's per-channel mean and standard deviation as float32 arrays, checked for use as divisors."""
+    mean = np.asarray(statistics["channel_mean"], "float32")
+    std = np.asarray(statistics["channel_std"], "float32")
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+        raise ValueError(
+            f"`normalize=True` needs finite statistics with a positive std in every channel; the latent cache in "
+            f"{directory!r} has channel_std {std.tolist()}."
+        )
+    return mean, std
