@@ -12,6 +12,12 @@ docs/latents.md. The images are encoded once into a latent cache
 (`--cache`, resumable: run the same command again after a crash), the SiT
 trains on it, and the script writes `latent_sit.keras` (the SiT and the
 autoencoder in one file), `samples.png` (a row per class) and `loss.png`.
+
+With `--repa DINOV2`, SiT trains with representation alignment (REPA): the
+cache also stores DINOv2's patch tokens of each image (`DINOV2` is
+`facebook/dinov2-base`'s `model.safetensors` or folder, or torch hub's
+`dinov2_vitb14_pretrain.pth`), and the tokens of block `--repa-depth` are
+aligned with them; see docs/repa.md.
 """
 
 import argparse
@@ -24,7 +30,7 @@ import keras_sit  # first: with no backend configured, it picks an installed one
 # isort: split
 import keras
 
-from keras_sit.convert import import_autoencoder
+from keras_sit.convert import import_autoencoder, import_dinov2
 from keras_sit.latents import ImageFolder, LatentDataset, write_latent_cache
 from keras_sit.visualization import plot_losses, save_image_grid
 
@@ -43,6 +49,12 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--use-ema", action="store_true", help="keep an EMA of the weights (decay 0.9999)")
+    parser.add_argument("--clipnorm", type=float, default=None, help="clip the global gradient norm (REPA: 1.0)")
+    parser.add_argument("--normalize-latents", action="store_true", help="train on latents normalised per channel")
+    parser.add_argument("--repa", default=None, metavar="DINOV2", help="align SiT with DINOv2 (weights file/folder)")
+    parser.add_argument("--repa-depth", type=int, default=None, help="aligned block (default: 8 if depth >= 24, else 4)")
+    parser.add_argument("--repa-weight", type=float, default=None, help="the alignment term's weight (REPA: 0.5)")
+    parser.add_argument("--irepa", action="store_true", help="iREPA: convolution projector, spatially normalised tokens")
     parser.add_argument("--sampler", default="euler", help="euler, heun, rk4, dopri5, sde-euler, sde-heun, ...")
     parser.add_argument("--sampling-steps", type=int, default=50)
     parser.add_argument("--cfg-scale", type=float, default=4.0)
@@ -60,20 +72,35 @@ def main(argv=None):
     autoencoder = import_autoencoder(args.vae)
     folder = ImageFolder(args.data, args.image_size)
     cache = args.cache or os.path.join(args.output_dir, "cache")
-    print(f"encoding {len(folder)} images of {len(folder.class_names)} classes into {cache}")
-    write_latent_cache(folder, autoencoder, cache)
-    dataset = LatentDataset(cache, batch_size=args.batch_size, seed=args.seed)
-
     overrides = {"depth": args.depth, "hidden_size": args.hidden_size, "num_heads": args.num_heads}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    teacher, objectives = None, []
+    if args.repa:
+        # The teacher's grid is SiT's: DINOv2 sees the image resized to 14 px per SiT token (224 px at 256).
+        config = {**keras_sit.PRESETS[args.preset], **overrides}
+        grid = args.image_size // autoencoder.downsampling_factor // config["patch_size"]
+        teacher = import_dinov2(args.repa, image_size=args.image_size, resized_size=14 * grid)
+        objectives = [alignment(args, config["depth"], teacher.hidden_size)]
+    print(f"encoding {len(folder)} images of {len(folder.class_names)} classes into {cache}")
+    write_latent_cache(folder, autoencoder, cache, teachers=teacher)
+    dataset = LatentDataset(
+        cache, batch_size=args.batch_size, seed=args.seed, features=teacher is not None, normalize=args.normalize_latents
+    )
+
     model = keras_sit.LatentSiT.from_preset(
         args.preset,
         autoencoder=autoencoder,
         image_size=args.image_size,
         num_classes=len(folder.class_names),
         seed=args.seed,
-        **{key: value for key, value in overrides.items() if value is not None},
+        objectives=objectives,
+        latent_statistics=dataset.statistics if args.normalize_latents else None,
+        **overrides,
     )
-    model.compile(optimizer=keras_sit.AdamW(args.learning_rate, weight_decay=0.0, use_ema=args.use_ema))
+    optimizer = keras_sit.AdamW(
+        args.learning_rate, weight_decay=0.0, use_ema=args.use_ema, global_clipnorm=args.clipnorm
+    )
+    model.compile(optimizer=optimizer)
     print(f"backend={keras.backend.backend()} parameters={model.backbone.count_params():,} latents={model.data_shape}")
     history = model.fit(dataset, epochs=args.epochs)
     model_path = os.path.join(args.output_dir, "latent_sit.keras")
@@ -93,6 +120,16 @@ def main(argv=None):
     save_image_grid(images, os.path.join(args.output_dir, "samples.png"), rows=rows, value_range=(0, 255))
     plot_losses(history, os.path.join(args.output_dir, "loss.png"), title=f"latent SiT on {keras.backend.backend()}")
     print(f"wrote {model_path}, samples.png (rows: {', '.join(folder.class_names[:rows])}) and loss.png")
+
+
+def alignment(args, depth, feature_dim):
+    """REPA's (or iREPA's) objective on block `--repa-depth` against `feature_dim`-wide teacher tokens."""
+    settings = {"depth": args.repa_depth or min(8 if depth >= 24 else 4, depth), "feature_dims": feature_dim}
+    if args.repa_weight is not None:
+        settings["weight"] = args.repa_weight
+    if args.irepa:
+        return keras_sit.RepresentationAlignment.irepa(**settings)
+    return keras_sit.RepresentationAlignment(**settings)
 
 
 if __name__ == "__main__":

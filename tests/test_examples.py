@@ -143,6 +143,49 @@ def test_train_latent_and_sample_official(tmp_path):
     assert Image.open(tmp_path / "official.png").size == (2 * 18 * 14, 2 * 18 * 14)  # 2 x 2 tiles of 16 px
 
 
+def test_train_latent_with_repa_from_a_folder_to_pictures(tmp_path):
+    """Folder -> cache with latents and DINOv2 tokens -> fit with alignment -> .keras -> generate -> PNG."""
+    import numpy as np
+    from transformers import Dinov2Config, Dinov2Model
+
+    from keras_sit.latents import LatentDataset
+    from keras_sit.objectives import RepresentationAlignment
+    from tests.test_dinov2 import TINY, randomized
+
+    rng = np.random.default_rng(0)
+    for label in range(2):
+        (tmp_path / "images" / f"class_{label}").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3)).astype("uint8")).save(
+                tmp_path / "images" / f"class_{label}" / f"{i}.png"
+            )
+    vae = str(diffusers_autoencoder(tmp_path / "vae"))
+    randomized(Dinov2Model(Dinov2Config(**TINY, image_size=28)), 0).save_pretrained(tmp_path / "dinov2")
+    out = tmp_path / "latent"
+    load("train_latent").main([
+        "--data", str(tmp_path / "images"), "--vae", vae, "--image-size", "16", "--preset", "SiT-S/2",
+        "--depth", "2", "--hidden-size", "16", "--num-heads", "2", "--epochs", "2", "--batch-size", "4",
+        "--sampling-steps", "2", "--per-class", "2", "--output-dir", str(out), "--repa", str(tmp_path / "dinov2"),
+        "--repa-depth", "1", "--normalize-latents", "--clipnorm", "1.0",
+    ])  # fmt: skip
+    assert Image.open(out / "samples.png").size[1] > 0 and (out / "loss.png").stat().st_size > 0
+    dataset = LatentDataset(out / "cache", batch_size=4, features=True)
+    assert dataset.feature_shapes == {"features": (16, 64)}  # a 4x4 grid of SiT tokens: DINOv2 at 56 px
+
+    model = keras.saving.load_model(out / "latent_sit.keras", safe_mode=True)
+    alignment = model.objectives[1]
+    assert isinstance(alignment, RepresentationAlignment) and alignment.teachers is None
+    assert (alignment.depth, alignment.feature_dims) == (1, (64,))
+    assert alignment.weights and not any(np.all(keras.ops.convert_to_numpy(w) == 0) for w in alignment.weights)
+    np.testing.assert_allclose(model.latent_mean, dataset.statistics["channel_mean"], rtol=1e-6)
+    # The loaded model goes on training from the cache, and samples pictures.
+    model.compile(optimizer="adam")
+    history = model.fit(dataset, epochs=1, verbose=0)
+    assert np.isfinite(history.history["alignment"][0])
+    images = model.generate(2, labels=[0, 1], num_steps=2, seed=0)
+    assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
+
+
 def test_evaluate_a_saved_latent_sit(tmp_path):
     import json
 
