@@ -52,9 +52,9 @@ def parse_args(argv=None):
     parser.add_argument("--clipnorm", type=float, default=None, help="clip the global gradient norm (REPA: 1.0)")
     parser.add_argument("--normalize-latents", action="store_true", help="train on latents normalised per channel")
     parser.add_argument("--repa", default=None, metavar="DINOV2", help="align SiT with DINOv2 (weights file/folder)")
-    parser.add_argument("--repa-depth", type=int, default=None, help="aligned block (default: 8 if depth >= 24, else 4)")
+    parser.add_argument("--repa-depth", type=int, default=None, help="aligned block (8 if depth >= 24, else 4)")
     parser.add_argument("--repa-weight", type=float, default=None, help="the alignment term's weight (REPA: 0.5)")
-    parser.add_argument("--irepa", action="store_true", help="iREPA: convolution projector, spatially normalised tokens")
+    parser.add_argument("--irepa", action="store_true", help="iREPA: conv projector, spatially normalised tokens")
     parser.add_argument("--sampler", default="euler", help="euler, heun, rk4, dopri5, sde-euler, sde-heun, ...")
     parser.add_argument("--sampling-steps", type=int, default=50)
     parser.add_argument("--cfg-scale", type=float, default=4.0)
@@ -83,8 +83,9 @@ def main(argv=None):
         objectives = [alignment(args, config["depth"], teacher.hidden_size)]
     print(f"encoding {len(folder)} images of {len(folder.class_names)} classes into {cache}")
     write_latent_cache(folder, autoencoder, cache, teachers=teacher)
+    features = teacher is not None
     dataset = LatentDataset(
-        cache, batch_size=args.batch_size, seed=args.seed, features=teacher is not None, normalize=args.normalize_latents
+        cache, batch_size=args.batch_size, seed=args.seed, features=features, normalize=args.normalize_latents
     )
 
     model = keras_sit.LatentSiT.from_preset(
