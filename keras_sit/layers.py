@@ -280,6 +280,8 @@ class Attention(keras.layers.Layer):
     backend (cuDNN/flash on GPU, SDPA on torch).
     """
 
+    kernel_initializer = "glorot_uniform"
+
     def __init__(self, hidden_size, num_heads, **kwargs):
         check_positive_int("hidden_size", hidden_size)
         check_positive_int("num_heads", num_heads)
@@ -288,8 +290,9 @@ class Attention(keras.layers.Layer):
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.num_heads = num_heads
-        self.qkv = keras.layers.Dense(3 * hidden_size, dtype=self.dtype_policy, name="qkv")
-        self.proj = keras.layers.Dense(hidden_size, dtype=self.dtype_policy, name="proj")
+        init = self.kernel_initializer
+        self.qkv = keras.layers.Dense(3 * hidden_size, kernel_initializer=init, dtype=self.dtype_policy, name="qkv")
+        self.proj = keras.layers.Dense(hidden_size, kernel_initializer=init, dtype=self.dtype_policy, name="proj")
 
     def build(self, input_shape):
         self.qkv.build(input_shape)
@@ -312,21 +315,25 @@ class Attention(keras.layers.Layer):
 class MLP(keras.layers.Layer):
     """`Dense -> GELU (tanh approximation, as upstream) -> Dense`."""
 
+    kernel_initializer = "glorot_uniform"
+    approximate_gelu = True
+
     def __init__(self, hidden_size, mlp_hidden_size, **kwargs):
         check_positive_int("hidden_size", hidden_size)
         check_positive_int("mlp_hidden_size", mlp_hidden_size)
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.mlp_hidden_size = mlp_hidden_size
-        self.fc1 = keras.layers.Dense(mlp_hidden_size, dtype=self.dtype_policy, name="fc1")
-        self.fc2 = keras.layers.Dense(hidden_size, dtype=self.dtype_policy, name="fc2")
+        init = self.kernel_initializer
+        self.fc1 = keras.layers.Dense(mlp_hidden_size, kernel_initializer=init, dtype=self.dtype_policy, name="fc1")
+        self.fc2 = keras.layers.Dense(hidden_size, kernel_initializer=init, dtype=self.dtype_policy, name="fc2")
 
     def build(self, input_shape):
         self.fc1.build(input_shape)
         self.fc2.build((*input_shape[:-1], self.mlp_hidden_size))
 
     def call(self, x):
-        return fused.dense(self.fc2, ops.gelu(fused.dense(self.fc1, x), approximate=True))
+        return fused.dense(self.fc2, ops.gelu(fused.dense(self.fc1, x), approximate=self.approximate_gelu))
 
     def get_config(self):
         return {

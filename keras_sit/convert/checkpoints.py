@@ -128,3 +128,30 @@ def float32_arrays(state):
         except (TypeError, ValueError) as error:
             raise ValueError(f"`source[{key!r}]` is not an array of weights: {type(value).__name__}.") from error
     return arrays
+
+
+def assign_torch_weights(rows, state, model_name, convert=None):
+    """Assign `state[key]` to the Keras variable of each `rows[key] = (variable, kind)`, all or none.
+
+    PyTorch layouts become Keras': a `"conv"` kernel `[out, in, h, w]` is
+    transposed to `[h, w, in, out]`, a `"dense"` kernel `[out, in]` to `[in,
+    out]`; `convert(kind, value)`, if given, turns the other kinds. Every
+    weight is checked before any is assigned, so a wrong file leaves the model
+    untouched; the `ValueError` names each weight of the wrong shape.
+    """
+    values, wrong = {}, []
+    for key, (variable, kind) in rows.items():
+        value = state[key]
+        if kind == "conv" and value.ndim == 4:
+            value = value.transpose(2, 3, 1, 0)
+        elif kind == "dense" and value.ndim == 2:
+            value = value.T
+        elif convert is not None:
+            value = convert(kind, value)
+        if tuple(value.shape) != tuple(variable.shape):
+            wrong.append(f"{key} {tuple(state[key].shape)} (Keras variable {tuple(variable.shape)})")
+        values[key] = value
+    if wrong:
+        raise ValueError(f"Checkpoint weights of the wrong shape for the {model_name}: {wrong}.")
+    for key, (variable, _) in rows.items():
+        variable.assign(values[key])

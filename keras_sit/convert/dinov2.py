@@ -39,7 +39,7 @@ import re
 
 import numpy as np
 
-from keras_sit.convert.checkpoints import float32_arrays, read_checkpoint
+from keras_sit.convert.checkpoints import assign_torch_weights, float32_arrays, read_checkpoint
 from keras_sit.teachers.dinov2 import HEAD_DIM, DINOv2Teacher
 from keras_sit.teachers.interpolation import resample_position_embeddings
 from keras_sit.validation import check_positive_int
@@ -299,22 +299,13 @@ def import_dinov2(path_or_state, image_size=256, resized_size=None, num_heads=No
             f"`path_or_state` does not fit the DINOv2 its shapes describe ({architecture}): "
             f"missing keys {missing}, unexpected keys {unexpected}."
         )
-    values, wrong = {}, []
-    for key, (variable, kind) in rows.items():
-        value = state[key]
-        if kind == "conv" and value.ndim == 4:
-            value = value.transpose(2, 3, 1, 0)
-        elif kind == "dense" and value.ndim == 2:
-            value = value.T
-        elif kind == "position" and value.ndim == 3 and value.shape[0] == 1:
-            value = _position_table(value, model.grid_size)
-        if tuple(value.shape) != tuple(variable.shape):
-            wrong.append(f"{key} {tuple(state[key].shape)} (Keras variable {tuple(variable.shape)})")
-        values[key] = value
-    if wrong:
-        raise ValueError(f"`path_or_state` has weights of the wrong shape for the inferred DINOv2: {wrong}.")
-    for key, (variable, _) in rows.items():
-        variable.assign(values[key])
+
+    def resample(kind, value):
+        if kind == "position" and value.ndim == 3 and value.shape[0] == 1:
+            return _position_table(value, model.grid_size)
+        return value
+
+    assign_torch_weights(rows, state, "inferred DINOv2", convert=resample)
     return model
 
 

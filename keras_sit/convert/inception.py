@@ -19,7 +19,7 @@ import os
 import numpy as np
 from keras import ops
 
-from keras_sit.convert.checkpoints import float32_arrays, read_checkpoint
+from keras_sit.convert.checkpoints import assign_torch_weights, float32_arrays, read_checkpoint
 from keras_sit.evaluation.inception import FIDInception
 from keras_sit.evaluation.inception_blocks import BasicConv2d, _split
 
@@ -114,19 +114,6 @@ def import_fid_inception(path_or_state, **kwargs):
         raise ValueError(
             f"The checkpoint is not pytorch-fid's FID Inception: missing keys {missing}, unexpected keys {unexpected}."
         )
-    values, wrong = {}, []
-    for key, (variable, kind) in rows.items():
-        value = state[key]
-        if kind == "conv" and value.ndim == 4:
-            value = value.transpose(2, 3, 1, 0)
-        elif kind == "dense" and value.ndim == 2:
-            value = value.T
-        if tuple(value.shape) != tuple(variable.shape):
-            wrong.append(f"{key} {tuple(state[key].shape)} (Keras variable {tuple(variable.shape)})")
-        values[key] = value
-    if wrong:
-        raise ValueError(f"Checkpoint weights of the wrong shape for the FID Inception: {wrong}.")
-    for key, (variable, _) in rows.items():
-        variable.assign(values[key])
+    assign_torch_weights(rows, state, "FID Inception")
     model.weights_imported.assign(1)  # lets `features` run; saved and loaded with the weights
     return model

@@ -22,6 +22,7 @@ import numpy as np
 from keras import ops
 
 from keras_sit.backend import fused
+from keras_sit.layers import MLP, Attention
 from keras_sit.teachers.interpolation import bicubic_matrix
 from keras_sit.validation import check_choice, check_positive_int
 
@@ -156,38 +157,16 @@ class DINOv2Embeddings(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_sit")
-class DINOv2Attention(keras.layers.Layer):
-    """Multi-head self-attention: one fused `qkv` projection with bias, DINOv2's `attn.qkv` and `attn.proj`.
+class DINOv2Attention(Attention):
+    """SiT's attention (one fused `qkv` with bias, scores scaled by `head_dim ** -0.5`), DINOv2's `attn`.
 
-    The `qkv` outputs are DINOv2's layout (q, k, v blocks, head-major inside
-    each); the scores are scaled by `head_dim ** -0.5`, as DINOv2's.
+    DINOv2's `attn.qkv` has the same layout (q, k, v blocks, head-major inside
+    each). Its weights start at zero: the importer or
+    `DINOv2Teacher.initialize_weights` sets every one, and drawing ViT-g's
+    random weights first would cost seconds.
     """
 
-    def __init__(self, hidden_size, num_heads, **kwargs):
-        check_positive_int("hidden_size", hidden_size)
-        check_positive_int("num_heads", num_heads)
-        if hidden_size % num_heads:
-            raise ValueError(f"`hidden_size` ({hidden_size}) must be divisible by `num_heads` ({num_heads}).")
-        super().__init__(**kwargs)
-        self.hidden_size = hidden_size
-        self.num_heads = num_heads
-        self.qkv = dense(3 * hidden_size, self.dtype_policy, "qkv")
-        self.proj = dense(hidden_size, self.dtype_policy, "proj")
-
-    def build(self, input_shape):
-        self.qkv.build(input_shape)
-        self.proj.build(input_shape)
-
-    def call(self, x):
-        tokens = x.shape[1]
-        head_dim = self.hidden_size // self.num_heads
-        qkv = ops.reshape(fused.dense(self.qkv, x), (-1, tokens, 3, self.num_heads, head_dim))
-        query, key, value = ops.unstack(qkv, num=3, axis=2)
-        out = fused.dot_product_attention(query, key, value)
-        return fused.dense(self.proj, ops.reshape(out, (-1, tokens, self.hidden_size)))
-
-    def get_config(self):
-        return {**super().get_config(), "hidden_size": self.hidden_size, "num_heads": self.num_heads}
+    kernel_initializer = "zeros"
 
 
 @keras.saving.register_keras_serializable(package="keras_sit")
@@ -210,27 +189,11 @@ class LayerScale(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_sit")
-class DINOv2MLP(keras.layers.Layer):
-    """`Dense -> GELU (exact, erf) -> Dense`, DINOv2's MLP (`fc1`, `fc2`)."""
+class DINOv2MLP(MLP):
+    """SiT's MLP with DINOv2's exact (erf) GELU: `fc1 -> GELU -> fc2`, zero-initialised like `DINOv2Attention`."""
 
-    def __init__(self, hidden_size, mlp_hidden_size, **kwargs):
-        check_positive_int("hidden_size", hidden_size)
-        check_positive_int("mlp_hidden_size", mlp_hidden_size)
-        super().__init__(**kwargs)
-        self.hidden_size = hidden_size
-        self.mlp_hidden_size = mlp_hidden_size
-        self.fc1 = dense(mlp_hidden_size, self.dtype_policy, "fc1")
-        self.fc2 = dense(hidden_size, self.dtype_policy, "fc2")
-
-    def build(self, input_shape):
-        self.fc1.build(input_shape)
-        self.fc2.build((*input_shape[:-1], self.mlp_hidden_size))
-
-    def call(self, x):
-        return fused.dense(self.fc2, ops.gelu(fused.dense(self.fc1, x), approximate=False))
-
-    def get_config(self):
-        return {**super().get_config(), "hidden_size": self.hidden_size, "mlp_hidden_size": self.mlp_hidden_size}
+    kernel_initializer = "zeros"
+    approximate_gelu = False
 
 
 @keras.saving.register_keras_serializable(package="keras_sit")
