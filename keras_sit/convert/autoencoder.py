@@ -35,7 +35,7 @@ import numpy as np
 from keras import ops
 
 from keras_sit.autoencoders import AUTOENCODER_CONFIGS, AutoencoderKL
-from keras_sit.convert.checkpoints import float32_arrays, read_checkpoint
+from keras_sit.convert.checkpoints import float32_arrays, read_checkpoint, weights_file
 from keras_sit.validation import check_choice, keyword_defaults
 
 FORMATS = ("diffusers", "ldm")
@@ -165,13 +165,7 @@ def _read(path_or_state):
     elif isinstance(path_or_state, (str, os.PathLike)):
         path = os.fspath(path_or_state)
         folder = path if os.path.isdir(path) else os.path.dirname(path)
-        if os.path.isdir(path):
-            found = [os.path.join(path, name) for name in DIFFUSERS_WEIGHTS if os.path.isfile(os.path.join(path, name))]
-            if not found:
-                raise FileNotFoundError(
-                    f"The folder {path!r} holds none of {DIFFUSERS_WEIGHTS}: pass the path of the weights file."
-                )
-            path = found[0]
+        path = weights_file(path, DIFFUSERS_WEIGHTS)
         state = read_checkpoint(path)
         config_path = os.path.join(folder, "config.json")
         config_json = None

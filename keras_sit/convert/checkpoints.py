@@ -155,3 +155,13 @@ def assign_torch_weights(rows, state, model_name, convert=None):
         raise ValueError(f"Checkpoint weights of the wrong shape for the {model_name}: {wrong}.")
     for key, (variable, _) in rows.items():
         variable.assign(values[key])
+
+
+def weights_file(path, names):
+    """`path` itself, or, for a folder, the first of the weights files `names` that it holds."""
+    if not os.path.isdir(path):
+        return path
+    for name in names:
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    raise FileNotFoundError(f"The folder {path!r} holds none of {names}: pass the path of the weights file.")

@@ -39,7 +39,7 @@ import re
 
 import numpy as np
 
-from keras_sit.convert.checkpoints import assign_torch_weights, float32_arrays, read_checkpoint
+from keras_sit.convert.checkpoints import assign_torch_weights, float32_arrays, read_checkpoint, weights_file
 from keras_sit.teachers.dinov2 import HEAD_DIM, DINOv2Teacher
 from keras_sit.teachers.interpolation import resample_position_embeddings
 from keras_sit.validation import check_positive_int
@@ -92,13 +92,7 @@ def _read(path_or_state):
             f"got {type(path_or_state).__name__}."
         )
     path = os.fspath(path_or_state)
-    if os.path.isdir(path):
-        found = [os.path.join(path, name) for name in HUGGING_FACE_WEIGHTS if os.path.isfile(os.path.join(path, name))]
-        if not found:
-            raise FileNotFoundError(
-                f"The folder `path_or_state` {path!r} holds none of {HUGGING_FACE_WEIGHTS}: pass the weights file."
-            )
-        path = found[0]
+    path = weights_file(path, HUGGING_FACE_WEIGHTS)
     state = read_checkpoint(path)
     if not isinstance(state, dict):
         raise ValueError(f"`path_or_state` {path!r} holds a {type(state).__name__}, not a state dict of DINOv2.")
