@@ -3,6 +3,8 @@
 Maps `{"x_t": [B, H, W, C] or [B, D], "t": [B], "labels": [B]}` to a
 prediction of the same shape as `x_t` (`"labels"` only when `num_classes` is
 set). Same maths and weight layout as the official SiT (docs/architecture.md).
+With `interval_embedding` it also takes a second time `"r": [B]` and adds an
+embedding of `t - r` to the conditioning, as MeanFlow's network does.
 """
 
 import math
@@ -59,6 +61,7 @@ def validate_architecture(config):
     check_number("class_dropout_prob", config["class_dropout_prob"], 0.0, 1.0)
     check_number("time_embedding_scale", config["time_embedding_scale"], low=0.0, include_low=False)
     check_bool("learn_sigma", config["learn_sigma"])
+    check_bool("interval_embedding", config["interval_embedding"])
     return data_shape
 
 
@@ -79,6 +82,12 @@ class SiTBackbone(keras.Model):
         learn_sigma: emit `2C` channels and discard the second half (upstream).
         time_embedding_scale: the time embedding sees `t * time_embedding_scale`;
             1 is the official embedding of raw `t`, 1000 DiT's step indices.
+        interval_embedding: also take `"r"`, the start of an interval `[r, t]`,
+            and add a second time embedding, of `t - r` (same scale), to the
+            conditioning: the network of MeanFlow
+            (`keras_sit.objectives.MeanFlow`), which predicts the average
+            velocity over the interval. With `r = t` it is an ordinary flow
+            model's velocity.
         seed: seed of `initialize_weights`; the same seed gives the same
             weights on every backend.
     """
@@ -96,6 +105,7 @@ class SiTBackbone(keras.Model):
         class_dropout_prob=0.1,
         learn_sigma=False,
         time_embedding_scale=1000,
+        interval_embedding=False,
         seed=None,
         dtype=None,
         **kwargs,
@@ -110,6 +120,11 @@ class SiTBackbone(keras.Model):
         time_embedding = TimestepEmbedding(
             hidden_size, time_scale=float(time_embedding_scale), dtype=dtype, name="t_embedder"
         )
+        interval_time_embedding = None
+        if interval_embedding:
+            interval_time_embedding = TimestepEmbedding(
+                hidden_size, time_scale=float(time_embedding_scale), dtype=dtype, name="h_embedder"
+            )
         label_embedding = None
         if num_classes is not None:
             label_embedding = LabelEmbedding(
@@ -122,11 +137,12 @@ class SiTBackbone(keras.Model):
 
         # === Functional model ===
         inputs = {"x_t": keras.Input(shape=data_shape, name="x_t"), "t": keras.Input(shape=(), name="t")}
-        tokens = patch_embedding(inputs["x_t"])
-        c = time_embedding(inputs["t"])
+        if interval_embedding:
+            inputs["r"] = keras.Input(shape=(), name="r")
         if label_embedding is not None:
             inputs["labels"] = keras.Input(shape=(), dtype="int32", name="labels")
-            c = ops.add(c, label_embedding(inputs["labels"]))
+        tokens = patch_embedding(inputs["x_t"])
+        c = _conditioning(inputs, time_embedding, interval_time_embedding, label_embedding)
         for block in blocks:
             tokens = block(tokens, c)
         outputs = unpatchify(final_layer(tokens, c))
@@ -134,6 +150,7 @@ class SiTBackbone(keras.Model):
 
         self.patch_embedding = patch_embedding
         self.time_embedding = time_embedding
+        self.interval_time_embedding = interval_time_embedding
         self.label_embedding = label_embedding
         self.blocks = blocks
         self.final_layer = final_layer
@@ -168,9 +185,7 @@ class SiTBackbone(keras.Model):
         if not token_depths:
             return self(inputs, training=training), {}
         tokens = self.patch_embedding(inputs["x_t"])
-        c = self.time_embedding(inputs["t"])
-        if self.label_embedding is not None:
-            c = ops.add(c, self.label_embedding(inputs["labels"]))
+        c = _conditioning(inputs, self.time_embedding, self.interval_time_embedding, self.label_embedding)
         kept = {}
         for depth, block in enumerate(self.blocks, start=1):
             tokens = block(tokens, c)
@@ -228,9 +243,13 @@ class SiTBackbone(keras.Model):
             zero(block.adaLN_modulation)
         if self.label_embedding is not None:
             normal(self.label_embedding.embedding.embeddings)
-        for dense in (self.time_embedding.dense_in, self.time_embedding.dense_out):
-            normal(dense.kernel)
-            assign(dense.bias, np.zeros(dense.bias.shape))
+        time_embeddings = [self.time_embedding]
+        if self.interval_time_embedding is not None:
+            time_embeddings.append(self.interval_time_embedding)  # as MeanFlow's `h_embedder`
+        for embedding in time_embeddings:
+            for dense in (embedding.dense_in, embedding.dense_out):
+                normal(dense.kernel)
+                assign(dense.bias, np.zeros(dense.bias.shape))
         zero(self.final_layer.adaLN_modulation)
         zero(self.final_layer.linear)
 
@@ -245,6 +264,16 @@ class SiTBackbone(keras.Model):
             **architecture,
             "seed": self.seed,
         }
+
+
+def _conditioning(inputs, time_embedding, interval_time_embedding, label_embedding):
+    """The adaLN conditioning vector: the embeddings of `t`, of `t - r` and of the labels, summed."""
+    c = time_embedding(inputs["t"])
+    if interval_time_embedding is not None:
+        c = ops.add(c, interval_time_embedding(ops.subtract(inputs["t"], inputs["r"])))
+    if label_embedding is not None:
+        c = ops.add(c, label_embedding(inputs["labels"]))
+    return c
 
 
 # The architecture arguments and their defaults, read from the constructor's

@@ -55,15 +55,20 @@ class SiT(TrainingMixin, SamplingMixin, keras.Model):
     Args:
         input_shape, input_dim, patch_size, hidden_size, depth, num_heads,
             mlp_ratio, num_classes, class_dropout_prob, learn_sigma,
-            time_embedding_scale: the architecture, see `SiTBackbone`
-            (`num_layers` is an alias of `depth`).
+            time_embedding_scale, interval_embedding: the architecture, see
+            `SiTBackbone` (`num_layers` is an alias of `depth`).
+            `interval_embedding=None` gives the network a second time `r`
+            when the primary objective needs one (`MeanFlow`), else none.
         path, prediction, loss_weight, train_eps, sample_eps, time_sampler,
             time_loc, time_scale: the interpolant, see `keras_sit.Transport`:
             `path` `"linear"` (`x_t = (1 - t) x + t eps`), `"cosine"`, `"vp"`
             or a `keras_sit.Path`; `prediction` `"velocity"`, `"score"` or
             `"noise"`.
-        objectives: further terms of the loss (`keras_sit.objectives.Objective`),
-            added to the interpolant loss and logged apart by name.
+        objectives: the terms of the loss (`keras_sit.objectives.Objective`):
+            at most one primary objective, which draws the training forward
+            pass (`InterpolantLoss` when none is given; `MeanFlow` trains a
+            one-step model), and further terms, added to it and logged apart
+            by name.
         time_convention: `"keras_sit"` (the network sees our `t`), or
             `"official"` for weights imported from the official PyTorch SiT
             (`keras_sit.import_official_checkpoint`): the network then sees
@@ -94,6 +99,7 @@ class SiT(TrainingMixin, SamplingMixin, keras.Model):
         class_dropout_prob=_ARCH["class_dropout_prob"],
         learn_sigma=_ARCH["learn_sigma"],
         time_embedding_scale=_ARCH["time_embedding_scale"],
+        interval_embedding=None,
         num_layers=None,
         path=_PATH["path"],
         prediction=_PATH["prediction"],
@@ -122,13 +128,21 @@ class SiT(TrainingMixin, SamplingMixin, keras.Model):
         check_choice("time_convention", time_convention, TIME_CONVENTIONS)
         check_float_dtype("dtype", dtype)
         objectives = _objectives(objectives)
+        wants_interval = objectives[0].interval_embedding
+        if interval_embedding is None:
+            architecture["interval_embedding"] = wants_interval
+        elif wants_interval and not interval_embedding:
+            raise ValueError(
+                f"The objective {objectives[0].name!r} trains a network of two times (r, t): leave "
+                "`interval_embedding` at None (or True)."
+            )
         super().__init__(name=name, dtype=dtype, **kwargs)
         self.transport = transport
         self.time_convention = time_convention
         self.seed = seed
         self.backbone = SiTBackbone(**architecture, seed=seed, dtype=self.dtype_policy, name="backbone")
-        # The interpolant loss first; every term but it is logged under its objective's name.
-        self.objectives = [InterpolantLoss(), *objectives]
+        # The primary objective first; every term but its is logged under its objective's name.
+        self.objectives = objectives
         for objective in self.objectives:
             beyond = [k for k in objective.token_depths if not 1 <= k <= len(self.backbone.blocks)]
             if beyond:
@@ -136,9 +150,10 @@ class SiT(TrainingMixin, SamplingMixin, keras.Model):
                     f"The objective {objective.name!r} reads the tokens of block(s) {beyond}; this SiT has blocks "
                     f"1 to {len(self.backbone.blocks)}."
                 )
+            objective.check_model(self)
             if not objective.built:
                 objective.build(self.backbone.token_shape)
-        self.term_trackers = [keras.metrics.Mean(name=objective.name) for objective in objectives]
+        self.term_trackers = [keras.metrics.Mean(name=objective.name) for objective in objectives[1:]]
         self.seed_generator = keras.random.SeedGenerator(seed, name="training_seed")
         self.sampling_seed_generator = keras.random.SeedGenerator(seed + 1, name="sampling_seed")
         self._compiled_loops = {}  # see `SamplingMixin._compiled`
@@ -201,54 +216,49 @@ class SiT(TrainingMixin, SamplingMixin, keras.Model):
         """The per-example inputs besides `x` and `labels` that the objectives read (dict keys of `x`)."""
         return tuple(sorted({key for objective in self.objectives for key in objective.extra_inputs}))
 
+    @property
+    def token_depths(self):
+        """The backbone blocks whose tokens the objectives read, sorted."""
+        return tuple(sorted({depth for objective in self.objectives for depth in objective.token_depths}))
+
     def call(self, inputs, training=False):
-        """Objective forward pass: draw `t` and noise, return prediction, target and what the objectives read."""
+        """The primary objective's forward pass: the draws, the prediction, its target and what the objectives read."""
         x, labels = split_inputs(inputs, self.extra_inputs)
         # Keras' symbolic build of a model calls it on the raw `x` of a batch.
         self._check_inputs(x, labels, symbolic_build=isinstance(x, keras.KerasTensor))
         x = ops.cast(x, "float32")
-        batch = ops.shape(x)[0]
-        # Under tf.distribute, this replica's slice of the draws for the global batch.
-        t = backend.per_replica_draw(batch, lambda n: self.transport.sample_time(n, seed=self.seed_generator))
-        noise = backend.per_replica_draw(
-            batch, lambda n: keras.random.normal((n, *ops.shape(x)[1:]), seed=self.seed_generator)
-        )
-        x_t = self.interpolant.interpolate(x, noise, t)
-        backbone_inputs = {"x_t": x_t, "t": t}
-        if self.num_classes is not None:
-            labels = ops.zeros((batch,), "int32") if labels is None else ops.cast(ops.reshape(labels, (-1,)), "int32")
+        if self.num_classes is None:
+            labels = None
+        else:
+            labels = (
+                ops.zeros((ops.shape(x)[0],), "int32")
+                if labels is None
+                else ops.cast(ops.reshape(labels, (-1,)), "int32")
+            )
             # A label outside the table would read past it (NaN on JAX, a crash elsewhere): clamp it;
             # the step that holds it is skipped (`_labels_in_range`).
             labels = ops.clip(labels, 0, self.num_classes - 1)
-            backbone_inputs["labels"] = self.drop_labels(labels) if training else labels
-        depths = tuple(sorted({depth for objective in self.objectives for depth in objective.token_depths}))
-        if depths:
-            pred, tokens = self.network(backbone_inputs, training=training, token_depths=depths)
-        else:
-            pred, tokens = self.network(backbone_inputs, training=training), {}
-        outputs = {"pred": pred, "target": self.transport.target(x, noise, t), "t": t, "noise": noise, "x_t": x_t}
-        weight = self.transport.example_weight(t)
-        if weight is not None:
-            outputs["weight"] = weight
-        if tokens:
-            outputs["tokens"] = tokens
-        return outputs
+        return self.objectives[0].forward(self, x, labels, training=training)
 
-    def network(self, inputs, training=False, token_depths=()):
+    def network(self, inputs, training=False, token_depths=None):
         """The backbone's prediction in our time convention (see `time_convention`).
 
         Always float32: under a mixed policy the backbone runs in bf16, and
         its output is cast back so that guidance, the conversions and the
-        samplers' state stay in float32. With `token_depths`, returns
-        `(prediction, tokens)` as `SiTBackbone.call_with_tokens` does.
+        samplers' state stay in float32. With `token_depths` (a tuple, maybe
+        empty), returns `(prediction, tokens)` as
+        `SiTBackbone.call_with_tokens` does. A backbone with an interval
+        embedding reads `inputs["r"]`; without one, `r = t`: the velocity.
         """
+        if self.backbone.interval_embedding and "r" not in inputs:
+            inputs = {**inputs, "r": inputs["t"]}
         if self.time_convention == "official":
-            inputs = {**inputs, "t": ops.subtract(1.0, inputs["t"])}
-        output, tokens = self.backbone.call_with_tokens(inputs, training=training, token_depths=token_depths)
+            inputs = {**inputs, **{key: ops.subtract(1.0, inputs[key]) for key in ("t", "r") if key in inputs}}
+        output, tokens = self.backbone.call_with_tokens(inputs, training=training, token_depths=token_depths or ())
         output = ops.cast(output, "float32")
         if self.time_convention == "official" and self.prediction == "velocity":
             output = ops.negative(output)
-        return (output, tokens) if token_depths else output
+        return output if token_depths is None else (output, tokens)
 
     def drop_labels(self, labels):
         """Replace each label by the null class with probability `class_dropout_prob`.
@@ -357,8 +367,12 @@ class SiT(TrainingMixin, SamplingMixin, keras.Model):
             "time_convention": self.time_convention,
             "seed": self.seed,
         }
-        if len(self.objectives) > 1:
-            config["objectives"] = [keras.saving.serialize_keras_object(o) for o in self.objectives[1:]]
+        # The default primary objective is left out, so that a plain SiT's config stays as it was.
+        first = self.objectives[0]
+        default = type(first) is InterpolantLoss and (first.name, first.weight) == ("interpolant_loss", 1.0)
+        objectives = self.objectives[1:] if default else self.objectives
+        if objectives:
+            config["objectives"] = [keras.saving.serialize_keras_object(o) for o in objectives]
         return config
 
     @classmethod
@@ -370,16 +384,24 @@ class SiT(TrainingMixin, SamplingMixin, keras.Model):
 
 
 def _objectives(objectives):
-    """The extra objectives as a list of `Objective`s (serialized ones deserialized)."""
+    """The objectives as a list of `Objective`s (serialized ones deserialized), the primary one first.
+
+    `InterpolantLoss()` is the primary objective when none is given.
+    """
     if isinstance(objectives, Objective):
         objectives = [objectives]
     objectives = [keras.saving.deserialize_keras_object(o) if isinstance(o, dict) else o for o in objectives]
     for objective in objectives:
-        if not isinstance(objective, Objective) or isinstance(objective, InterpolantLoss):
-            raise TypeError(
-                "`objectives` must be `keras_sit.objectives.Objective`s besides the interpolant loss, which "
-                f"every SiT has; got {objective!r}."
-            )
+        if not isinstance(objective, Objective):
+            raise TypeError(f"`objectives` must be `keras_sit.objectives.Objective`s; got {objective!r}.")
+    primary = [objective for objective in objectives if objective.primary]
+    if len(primary) > 1:
+        raise ValueError(
+            f"`objectives` may hold one primary objective (it draws the forward pass); got {[o.name for o in primary]}."
+        )
+    objectives = [*primary, *(objective for objective in objectives if not objective.primary)]
+    if not primary:
+        objectives.insert(0, InterpolantLoss())
     names = [objective.name for objective in objectives]
     if len(set(names)) != len(names) or "loss" in names:
         raise ValueError(f"`objectives` need distinct names other than 'loss' (they name the logs); got {names}.")

@@ -2,7 +2,7 @@
 
 Everything else in keras_sit is written against `keras.ops` and runs unchanged
 on JAX, TensorFlow and PyTorch. Compiling a sampling loop, the likelihood's
-vector-Jacobian product, stopping autograd in inference and the per-replica
+vector-Jacobian product, MeanFlow's Jacobian-vector product, stopping autograd in inference and the per-replica
 loss differ by backend and live here. PyTorch-only fused kernels, which only
 make eager PyTorch faster, are apart in `keras_sit.fused`.
 """
@@ -182,6 +182,21 @@ def vjp(fn, x, cotangent):
         y = fn(x)
         (grad,) = torch.autograd.grad(y, x, grad_outputs=cotangent)
     return y.detach(), grad
+
+
+def jvp(fn, primals, tangents):
+    """`keras.ops.jvp(fn, primals, tangents)`: `(fn(*primals), J tangents)`, forward mode.
+
+    On PyTorch, `scaled_dot_product_attention`'s fused CPU and GPU kernels
+    have no forward-mode derivative, so inside `fn` it takes its math path
+    (the same attention as plain matmuls and a softmax).
+    """
+    if keras.backend.backend() == "torch":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH):
+            return keras.ops.jvp(fn, primals, tangents)
+    return keras.ops.jvp(fn, primals, tangents)
 
 
 def no_grad():

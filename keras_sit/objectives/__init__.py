@@ -3,5 +3,6 @@
 from keras_sit.objectives.alignment import RepresentationAlignment
 from keras_sit.objectives.base import Objective
 from keras_sit.objectives.interpolant import InterpolantLoss
+from keras_sit.objectives.mean_flow import MeanFlow
 
-__all__ = ["InterpolantLoss", "Objective", "RepresentationAlignment"]
+__all__ = ["InterpolantLoss", "MeanFlow", "Objective", "RepresentationAlignment"]

@@ -1,7 +1,8 @@
 """`Objective`: one term of SiT's training loss.
 
-SiT's loss is a weighted sum of objectives that the model owns: the
-interpolant loss (`InterpolantLoss`, always first) and any added with
+SiT's loss is a weighted sum of objectives that the model owns: one primary
+objective, first, which draws the training forward pass (`InterpolantLoss`
+unless another is given, e.g. `MeanFlow`), and any further terms added with
 `SiT(objectives=[...])`. Each objective is a Keras layer, so it can own
 trainable layers (a projector), which `fit` trains and `save` stores with
 the model. It declares what it reads:
@@ -14,7 +15,13 @@ the model. It declares what it reads:
   same forward pass (`SiTBackbone.call_with_tokens`).
 
 `SiT.compute_loss` adds `weight * objective.term(...)` for each, and every
-objective but the interpolant loss is logged apart under its name.
+objective but the primary one is logged apart under its name.
+
+A primary objective (`primary = True`) also implements `forward`: what
+`SiT.call` returns, i.e. the draws of the step (times, noise, label drops),
+the network's prediction and its target. A network that also takes the
+start `r` of a time interval is asked for with `interval_embedding = True`,
+and `default_sampler` names the sampler that `generate` then uses by default.
 """
 
 import keras
@@ -36,6 +43,9 @@ class Objective(keras.layers.Layer):
 
     extra_inputs = ()
     token_depths = ()
+    primary = False
+    interval_embedding = False
+    default_sampler = None
 
     def __init__(self, weight=1.0, **kwargs):
         super().__init__(**kwargs)
@@ -43,6 +53,18 @@ class Objective(keras.layers.Layer):
 
     def build(self, token_shape=None):
         self.built = True
+
+    def check_model(self, model):
+        """Raise a ValueError if this objective cannot train `model` (called when the model is built)."""
+
+    def forward(self, model, x, labels, training=False):
+        """The training forward pass of `model` on float32 `x` and int32 `labels` (or None).
+
+        Only a primary objective implements it; it returns the dict that
+        `term` receives as `forward` (see there), and must draw its
+        randomness from `model.seed_generator`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not a primary objective.")
 
     def term(self, batch, forward, training=False):
         """This objective's loss (a scalar, before `weight`).

@@ -3,7 +3,8 @@
 - `registry`: `Sampler` (what a method is and how it steps), `Problem`, and
   `register_sampler` / `get_sampler` / `sampler_names`.
 - `ode`: the fixed-step methods (`euler`, `midpoint`, `heun`, `rk4`, `ab2`)
-  and `integrate_ode`; `adaptive`: `dopri5`; `sde`: the reverse SDE.
+  and `integrate_ode`; `adaptive`: `dopri5`; `sde`: the reverse SDE;
+  `mean_flow`: `mean-flow`, MeanFlow's one- or few-step jumps.
 - `likelihood`: `log_likelihood` under the probability-flow ODE.
 - `settings`: `SamplingSettings`, the one declaration of the options.
 - `guidance`, `loops`, `methods`: how a SiT is sampled (`SamplingMixin`).
@@ -14,6 +15,7 @@ returns `dx/dt`, with `t` a `[B]` tensor.
 
 from keras_sit.sampling.adaptive import DOPRI5_ATOL, DOPRI5_CONTROLS, DOPRI5_RTOL, Dopri5, dopri5
 from keras_sit.sampling.likelihood import draw_probes, log_likelihood
+from keras_sit.sampling.mean_flow import MeanFlowSampler
 from keras_sit.sampling.ode import (
     RK4,
     AdamsBashforth2,
@@ -60,6 +62,7 @@ __all__ = [
     "EulerMaruyama",
     "FixedStepSampler",
     "Heun",
+    "MeanFlowSampler",
     "Midpoint",
     "Problem",
     "SDESampler",

@@ -5,20 +5,23 @@ from keras import ops
 from keras_sit.paths import per_example, time_vector
 
 
-def guide(model, x_t, t, labels, cfg_scale, guidance_channels=None, guidance_interval=None):
+def guide(model, x_t, t, labels, cfg_scale, guidance_channels=None, guidance_interval=None, r=None):
     """`model`'s guided prediction at `(x_t, t)` on checked arguments (`SiT.guided_output` checks them).
 
     `labels` may hold the null class: the loops' unconditional case. With
     `cfg_scale != 1` the batch is doubled with the null class and
     `uncond + cfg_scale * (cond - uncond)` is returned, on the first
     `guidance_channels` (all if None), where `t` lies in `guidance_interval`.
+    `r`, for a network with an interval embedding, is the start of the
+    interval (the prediction is then the average velocity over `[r, t]`).
     """
     t = time_vector(ops.convert_to_tensor(t), x_t)
+    times = {"t": t} if r is None else {"t": t, "r": time_vector(ops.convert_to_tensor(r), x_t)}
     if labels is None:
-        return model.network({"x_t": x_t, "t": t})
+        return model.network({"x_t": x_t, **times})
     labels = ops.convert_to_tensor(labels)
     if cfg_scale == 1.0:
-        return model.network({"x_t": x_t, "t": t, "labels": labels})
+        return model.network({"x_t": x_t, **times, "labels": labels})
     null_class = model.backbone.null_class
     if null_class is None:
         raise ValueError(
@@ -28,7 +31,7 @@ def guide(model, x_t, t, labels, cfg_scale, guidance_channels=None, guidance_int
     both = model.network(
         {
             "x_t": ops.concatenate([x_t, x_t], axis=0),
-            "t": ops.concatenate([t, t], axis=0),
+            **{key: ops.concatenate([time, time], axis=0) for key, time in times.items()},
             "labels": ops.concatenate([labels, null], axis=0),
         }
     )
@@ -54,6 +57,17 @@ def guided_drift(model, settings, labels):
         return model.transport.to_velocity(_guided_output(model, settings, labels, x, t), x, t, settings.clip_data)
 
     return drift
+
+
+def guided_average_velocity(model, settings, labels):
+    """The average velocity `u(x, r, t)` over `[r, t]` of a network with an interval embedding, guided."""
+
+    def average_velocity(x, r, t):
+        return guide(
+            model, x, t, labels, settings.cfg_scale, settings.guidance_channels, settings.guidance_interval, r=r
+        )
+
+    return average_velocity
 
 
 def guided_velocity_and_score(model, settings, labels):

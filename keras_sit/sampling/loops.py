@@ -6,7 +6,7 @@ and time interval into a `Problem` and leave the method to the sampler
 object, so a new sampler needs no change here.
 """
 
-from keras_sit.sampling.guidance import guide, guided_drift, guided_velocity_and_score
+from keras_sit.sampling.guidance import guide, guided_average_velocity, guided_drift, guided_velocity_and_score
 from keras_sit.sampling.likelihood import log_likelihood
 from keras_sit.sampling.registry import Problem
 
@@ -23,6 +23,9 @@ def bind(model, settings, labels, reverse=False):
         settings=settings,
         velocity_and_score=guided_velocity_and_score(model, settings, labels),
         transport=model.transport,
+        average_velocity=guided_average_velocity(model, settings, labels)
+        if model.backbone.interval_embedding
+        else None,
     )
 
 

@@ -43,7 +43,7 @@ EXACT_DIVERGENCE_MAX_DIM = 64  # beyond, "auto" estimates: one vector-Jacobian p
 class SamplingMixin:
     """The sampling methods of `SiT`.
 
-    The host model provides `network`, `transport`, `backbone`, `data_shape`,
+    The host model provides `network`, `transport`, `backbone`, `objectives`, `data_shape`,
     `num_classes`, `sampling_seed_generator`, `has_ema`, `optimizer` (once
     compiled) and a dict `_compiled_loops`.
     """
@@ -126,7 +126,16 @@ class SamplingMixin:
             equal to `samples`.
         """
         check_positive_int("num_samples", num_samples)
+        default_sampler = self.objectives[0].default_sampler
+        if default_sampler is not None:
+            options.setdefault("sampler", default_sampler)
         settings = SamplingSettings.for_call(GENERATE, options)
+        if settings.method.average_velocity and not self.backbone.interval_embedding:
+            raise ValueError(
+                f"`sampler={settings.sampler!r}` steps with the average velocity of a network trained with "
+                "`keras_sit.objectives.MeanFlow` (interval_embedding=True); this SiT predicts a velocity: "
+                "use an ODE or SDE sampler."
+            )
         check_seed(seed)
         check_choice("verbose", verbose, ("auto", 0, 1, 2))
         verbose = 1 if verbose == "auto" else verbose

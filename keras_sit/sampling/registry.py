@@ -17,7 +17,9 @@ class Problem:
     """What a sampler solves, with no model in it: the fields, the interval and the options.
 
     `drift(x, t)` is the probability-flow velocity; `velocity_and_score(x, t)`
-    returns `(v, s)` from one model call (SDE samplers only). The interval runs
+    returns `(v, s)` from one model call (SDE samplers only);
+    `average_velocity(x, r, t)` is the average velocity over `[r, t]` of a
+    network with an interval embedding (MeanFlow), else None. The interval runs
     from `t_start` to `t_end` in `num_steps` steps. `settings` (a
     `SamplingSettings`) and `transport` give the options and the path that
     adaptive and SDE samplers read.
@@ -30,6 +32,7 @@ class Problem:
     settings: object = None
     velocity_and_score: Callable | None = None
     transport: object = None
+    average_velocity: Callable | None = None
 
 
 class Sampler:
@@ -43,6 +46,9 @@ class Sampler:
     - `calls_per_step`: model calls per step (per attempted step if adaptive).
     - `reversible`: can run data to noise, for `encode` and `log_likelihood`.
     - `stateful`: carries state between steps (e.g. a multistep method).
+    - `average_velocity`: steps with the network's average velocity over
+      each step (`Problem.average_velocity`), so it needs a network with an
+      interval embedding (MeanFlow).
 
     The loops call `init_state`, `solve`, `advance`, `has_last_step` and
     `finish`; the carry of a step-by-step run is `(x, state)`.
@@ -55,6 +61,7 @@ class Sampler:
     calls_per_step: int = 1
     reversible: bool = True
     stateful: bool = False
+    average_velocity: bool = False
 
     def init_state(self, x):
         """The state carried with `x` into the first step: `()` for a stateless method."""

@@ -39,8 +39,9 @@ class SamplingSettings:
         "euler",
         "the method, a registered name (`keras_sit.sampling.sampler_names()`): ODE `'euler'`, "
         "`'midpoint'`, `'heun'`, `'rk4'`, `'ab2'` (Adams-Bashforth), adaptive `'dopri5'` (with `atol`, "
-        "`rtol`, `adaptive_control`), SDE `'sde-euler'` (Euler-Maruyama), `'sde-heun'`. `encode` and "
-        "`log_likelihood` take the reversible (ODE) ones.",
+        "`rtol`, `adaptive_control`), SDE `'sde-euler'` (Euler-Maruyama), `'sde-heun'`, and `'mean-flow'` "
+        "(one call a step over the average velocity), the default of a model trained with `MeanFlow`. "
+        "`encode` and `log_likelihood` take the reversible (ODE) ones.",
         log_likelihood="rk4",
     )
     num_steps: int = option(
