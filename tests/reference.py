@@ -106,10 +106,12 @@ def unpatchify(tokens, p, data_shape, learn_sigma):
     return out[..., :channels]
 
 
-def backbone(model, x, t, labels=None, token_depth=None):
+def backbone(model, x, t, labels=None, token_depth=None, r=None):
     """The whole network in NumPy (float64) with a `SiTBackbone`'s weights.
 
     With `token_depth` k, returns `(output, tokens after the k-th block)`.
+    A backbone with an interval embedding also adds MeanFlow's embedding of
+    `t - r` (`r = t` if None) to the conditioning.
     """
     import keras
 
@@ -120,6 +122,12 @@ def backbone(model, x, t, labels=None, token_depth=None):
     h = dense(tokens, model.patch_embedding.projection) + position
     te = model.time_embedding
     c = dense(silu(dense(timestep_sinusoids(t, te.frequency_size, te.time_scale), te.dense_in)), te.dense_out)
+    he = model.interval_time_embedding
+    if he is not None:
+        interval = np.asarray(t, "float64") - np.asarray(t if r is None else r, "float64")
+        c = c + dense(
+            silu(dense(timestep_sinusoids(interval, he.frequency_size, he.time_scale), he.dense_in)), he.dense_out
+        )
     if labels is not None:
         table = keras.ops.convert_to_numpy(model.label_embedding.embedding.embeddings).astype("float64")
         c = c + table[np.asarray(labels)]

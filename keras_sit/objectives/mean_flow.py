@@ -162,6 +162,11 @@ class MeanFlow(Objective):
         `u(x_t, r, t)`, its `"target"` `v - (t - r) du/dt` (held fixed), and
         `"t"`, `"r"`, `"noise"`, `"x_t"`, `"velocity"` (the guided `v`).
         """
+        x, noise, t, r = (ops.convert_to_tensor(value, "float32") for value in (x, noise, t, r))
+        if labels is not None:
+            labels = ops.convert_to_tensor(labels, "int32")
+        if dropped is not None:
+            dropped = ops.convert_to_tensor(dropped, "bool")
         path = model.interpolant
         x_t = path.interpolate(x, noise, t)
         velocity = path.velocity(x, noise, t)
