@@ -40,16 +40,20 @@ def endpoint_error(method, steps, path, z):
 
 
 def test_registry_declares_the_built_in_samplers():
-    assert sampling.sampler_names() == ("euler", "midpoint", "heun", "rk4", "ab2", "dopri5", "sde-euler", "sde-heun")
+    assert sampling.sampler_names() == (
+        "euler", "midpoint", "heun", "rk4", "ab2", "dopri5", "sde-euler", "sde-heun", "mean-flow",
+    )  # fmt: skip
     assert sampling.sampler_names(reversible=True) == ("euler", "midpoint", "heun", "rk4", "ab2", "dopri5")
     declared = {name: sampling.get_sampler(name) for name in sampling.sampler_names()}
     assert {name: s.calls_per_step for name, s in declared.items()} == {
         "euler": 1, "midpoint": 2, "heun": 2, "rk4": 4, "ab2": 1, "dopri5": 6, "sde-euler": 1, "sde-heun": 2,
+        "mean-flow": 1,
     }  # fmt: skip
+    assert [name for name, s in declared.items() if s.average_velocity] == ["mean-flow"]
     assert [name for name, s in declared.items() if s.stateful] == ["ab2"]
     assert [name for name, s in declared.items() if s.adaptive] == ["dopri5"]
     assert [name for name, s in declared.items() if s.kind == "sde"] == ["sde-euler", "sde-heun"]
-    with pytest.raises(ValueError, match=r"`sampler` must be one of \('euler', .*'sde-heun'\); got 'ralston'"):
+    with pytest.raises(ValueError, match=r"`sampler` must be one of \('euler', .*'mean-flow'\); got 'ralston'"):
         sampling.get_sampler("ralston")
 
 
