@@ -2,6 +2,7 @@
 
     KERAS_BACKEND=jax python examples/train.py                  # scikit-learn digits
     KERAS_BACKEND=torch python examples/train.py --data DIR --image-size 32
+    KERAS_BACKEND=jax python examples/train.py --mean-flow --quality-steps 1 2 50   # one-step model
 
 With no `--data`, it trains on scikit-learn's `load_digits` (1,797 8x8 digits
 that ship with the package). `--data DIR` takes a folder with one sub-folder
@@ -15,7 +16,12 @@ between samples and the held-out digits is computed on the features of a
 small digit classifier trained on the rest ("digits FD", lower is better; the
 FID Inception network needs 299x299 photographs and downloaded weights, so it
 suits neither 8x8 digits nor an offline example). It is logged as
-`digits_fd` and plotted beside the loss in `loss.png`.
+`digits_fd` and plotted beside the loss in `loss.png` (with several
+`--quality-steps`, one figure per step count, `digits_fd_<steps>`).
+
+`--mean-flow` trains the same network as a MeanFlow model
+(`keras_sit.objectives.MeanFlow`), which samples in one or two steps with
+the `mean-flow` sampler (docs/few-step.md).
 """
 
 import argparse
@@ -46,12 +52,23 @@ def parse_args(argv=None):
     parser.add_argument("--prediction", default="velocity", choices=["velocity", "score", "noise"])
     parser.add_argument(
         "--sampler",
-        default="euler",
-        help="a registered sampler: euler, midpoint, heun, rk4, ab2, dopri5, sde-euler, sde-heun",
+        default=None,
+        help="a registered sampler: euler, midpoint, heun, rk4, ab2, dopri5, sde-euler, sde-heun, mean-flow "
+        "(default: euler, or mean-flow with --mean-flow)",
     )
-    parser.add_argument("--sampling-steps", type=int, default=50)
-    parser.add_argument("--cfg-scale", type=float, default=2.0)
+    parser.add_argument("--sampling-steps", type=int, default=None, help="default: 50, or 1 with --mean-flow")
+    parser.add_argument("--cfg-scale", type=float, default=None, help="default: 2, or 1 with --mean-flow")
+    parser.add_argument("--mean-flow", action="store_true", help="train a one-step model with MeanFlow")
+    parser.add_argument("--omega", type=float, default=1.0, help="MeanFlow's guidance folded into training")
+    parser.add_argument("--kappa", type=float, default=0.0, help="MeanFlow's guidance mix (see MeanFlow)")
     parser.add_argument("--quality-every", type=int, default=10, help="epochs between digits FD figures (0: none)")
+    parser.add_argument(
+        "--quality-steps",
+        type=int,
+        nargs="+",
+        default=None,
+        help="sampling steps of each digits FD (default: --sampling-steps)",
+    )
     parser.add_argument("--quality-samples", type=int, default=500, help="samples for each digits FD figure")
     return parser.parse_args(argv)
 
@@ -97,6 +114,10 @@ def load_folder_dataset(directory, image_size):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.sampling_steps is None:
+        args.sampling_steps = 1 if args.mean_flow else 50
+    if args.cfg_scale is None:
+        args.cfg_scale = 1.0 if args.mean_flow else 2.0
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
     callbacks, quality = [], None
@@ -108,17 +129,27 @@ def main(argv=None):
         input_shape = images.shape[1:]
         if args.quality_every:
             extractor = digit_features(images[train], labels[train], args.seed)
-            quality = FrechetDistance(images[held_out], extractor, num_samples=args.quality_samples,
-                                      every=args.quality_every, name="digits_fd", num_steps=args.sampling_steps,
-                                      clip_data=(-1.0, 1.0))  # fmt: skip
-            callbacks.append(quality)
+            steps = args.quality_steps or [args.sampling_steps]
+            quality = {
+                n: FrechetDistance(images[held_out], extractor, num_samples=args.quality_samples,
+                                   every=args.quality_every, name="digits_fd" if len(steps) == 1 else f"digits_fd_{n}",
+                                   num_steps=n, clip_data=(-1.0, 1.0),
+                                   **({} if args.sampler is None else {"sampler": args.sampler}))
+                for n in steps
+            }  # fmt: skip
+            callbacks.extend(quality.values())
     else:
         images, labels, class_names = load_folder_dataset(args.data, args.image_size)
         print(f"read {len(images)} images of {len(class_names)} classes from {args.data}")
         fit_args = dict(x=images, y=labels, batch_size=args.batch_size)
         input_shape = images.shape[1:]
 
+    mean_flow = {}
+    if args.mean_flow:  # MeanFlow's network embeds raw times, as its official code does
+        objective = keras_sit.objectives.MeanFlow(omega=args.omega, kappa=args.kappa)
+        mean_flow = dict(objectives=[objective], time_embedding_scale=1.0)
     model = keras_sit.SiT(
+        **mean_flow,
         input_shape=input_shape,
         patch_size=2 if input_shape[0] <= 16 else 4,
         hidden_size=128,
@@ -132,13 +163,13 @@ def main(argv=None):
     model.compile(optimizer=keras_sit.AdamW(learning_rate=args.learning_rate, weight_decay=0.0))
     print(
         f"backend={keras.backend.backend()} parameters={model.count_params():,} data={input_shape} "
-        f"path={args.path} prediction={args.prediction}"
+        f"path={args.path} prediction={args.prediction}" + (" objective=MeanFlow" if args.mean_flow else "")
     )
     history = model.fit(**fit_args, epochs=args.epochs, callbacks=callbacks)
     print(f"final loss {history.history['loss'][-1]:.4f}")
-    if quality is not None and quality.values:
-        figures = ", ".join(f"epoch {epoch}: {value:.3f}" for epoch, value in quality.values.items())
-        print(f"digits FD (held-out digits, {args.quality_samples} samples): {figures}")
+    for steps, callback in (quality or {}).items():
+        figures = ", ".join(f"epoch {epoch}: {value:.3f}" for epoch, value in callback.values.items())
+        print(f"digits FD at {steps} steps (held-out digits, {args.quality_samples} samples): {figures}")
 
     model_path = os.path.join(args.output_dir, "sit.keras")
     model.save(model_path)
@@ -150,11 +181,11 @@ def main(argv=None):
         num_steps=args.sampling_steps,
         cfg_scale=args.cfg_scale,
         seed=args.seed,
-        sampler=args.sampler,
         clip_data=(-1.0, 1.0),  # the data range; see SiT.generate
+        **({} if args.sampler is None else {"sampler": args.sampler}),
     )
     save_image_grid(samples, os.path.join(args.output_dir, "samples.png"), rows=len(class_names))
-    metrics = {"digits FD": quality.values} if quality is not None and quality.values else None
+    metrics = {f"digits FD, {n} steps": c.values for n, c in (quality or {}).items() if c.values} or None
     plot_losses(history, os.path.join(args.output_dir, "loss.png"), title=f"SiT on {keras.backend.backend()}",
                 metrics=metrics)  # fmt: skip
     print(f"wrote {model_path}, samples.png (one row per class: {', '.join(class_names)}) and loss.png")

@@ -41,7 +41,7 @@ from keras_sit.evaluation import evaluate
 from keras_sit.images import ArrayImages, ImageFolder
 from keras_sit.latents import LatentDataset, write_latent_cache
 from keras_sit.model import SiT
-from keras_sit.objectives import Objective, RepresentationAlignment
+from keras_sit.objectives import MeanFlow, Objective, RepresentationAlignment
 from keras_sit.paths import CosinePath, LinearPath, Path, VPPath
 from keras_sit.pipeline import LatentSiT
 from keras_sit.presets import PRESETS, parameter_count
@@ -66,6 +66,7 @@ __all__ = [
     "LatentDataset",
     "LatentSiT",
     "LinearPath",
+    "MeanFlow",
     "Objective",
     "Path",
     "RepresentationAlignment",

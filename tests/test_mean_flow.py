@@ -7,7 +7,7 @@ import pytest
 import keras_sit
 from keras_sit.objectives import MeanFlow
 from tests import reference
-from tests.conftest import randomize, tiny_sit, to_numpy
+from tests.conftest import randomize, tiny_autoencoder, tiny_sit, to_numpy
 from tests.reference_meanflow import mean_flow_loss
 
 NUM_CLASSES = 3
@@ -184,3 +184,15 @@ def test_one_step_samples_match_the_ode_of_the_instantaneous_velocity_on_a_mixtu
     np.testing.assert_allclose(one_fractions, ode_fractions, atol=0.03)
     np.testing.assert_allclose(np.cov(one.T).diagonal(), np.cov(ode.T).diagonal(), rtol=0.15)
     assert np.abs(one - ode).mean() < 0.2  # the same noise lands at the same place
+
+
+def test_a_latent_sit_trains_with_mean_flow_and_draws_pictures_in_one_step():
+    model = keras_sit.LatentSiT(
+        autoencoder=tiny_autoencoder(), image_size=16, num_classes=2, objectives=[MeanFlow(omega=1.0, kappa=0.5)],
+        patch_size=2, hidden_size=16, depth=1, num_heads=2, seed=0,
+    )  # fmt: skip
+    latents = np.random.default_rng(0).standard_normal((8, *model.data_shape)).astype("float32")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    assert np.all(np.isfinite(model.fit(latents, np.arange(8) % 2, batch_size=4, epochs=1, verbose=0).history["loss"]))
+    images = model.generate(2, labels=[0, 1], num_steps=1, seed=0)
+    assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
