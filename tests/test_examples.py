@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import keras_sit
+
 from tests.conftest import run_without
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,6 +57,17 @@ def load(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_train_a_mean_flow_model_with_one_and_two_step_figures(tmp_path, capsys):
+    load("train").main(["--epochs", "1", "--output-dir", str(tmp_path), "--mean-flow", "--quality-every", "1",
+                        "--quality-steps", "1", "2", "--quality-samples", "40"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "objective=MeanFlow" in printed
+    assert "digits FD at 1 steps" in printed and "digits FD at 2 steps" in printed
+    model = keras.saving.load_model(tmp_path / "sit.keras", safe_mode=True)
+    assert isinstance(model.objectives[0], keras_sit.MeanFlow)
+    assert Image.open(tmp_path / "samples.png").size[1] > 0
 
 
 def test_train_then_sample(tmp_path):

@@ -129,7 +129,8 @@ class MeanFlow(Objective):
             else:
                 times = keras.random.uniform((2, n), seed=seed)
             t, r = ops.maximum(times[0], times[1]), ops.minimum(times[0], times[1])
-            flow = ops.arange(n) < int(n * self.flow_fraction)
+            # floor(n * flow_fraction), also for a batch size known only at run time
+            flow = ops.arange(n) < ops.cast(ops.floor(ops.cast(n, "float64") * self.flow_fraction), "int32")
             return ops.stack([t, ops.where(flow, t, r)], axis=1)
 
         times = backend.per_replica_draw(batch_size, draw)
