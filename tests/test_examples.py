@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 import keras_sit
-
 from tests.conftest import run_without
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
