@@ -141,7 +141,7 @@ class SiT(TrainingMixin, SamplingMixin, keras.Model):
         self.time_convention = time_convention
         self.seed = seed
         self.backbone = SiTBackbone(**architecture, seed=seed, dtype=self.dtype_policy, name="backbone")
-        # The primary objective first; every term but its is logged under its objective's name.
+        # The primary objective first; each further term is logged under its objective's name.
         self.objectives = objectives
         for objective in self.objectives:
             beyond = [k for k in objective.token_depths if not 1 <= k <= len(self.backbone.blocks)]
