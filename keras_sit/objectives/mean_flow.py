@@ -36,7 +36,10 @@ class MeanFlow(Objective):
     variant) and trains it on MeanFlow's target; `generate(num_steps=1)`
     then samples in one network call. With `r = t` the network is an
     ordinary flow model's velocity, so every other sampler, `encode` and
-    `log_likelihood` work on it too.
+    `log_likelihood` work on it too. Build the SiT with
+    `time_embedding_scale=1.0`: the official network embeds raw times, and
+    with SiT's default of 1000 the embedding of `t - r` varies too fast to
+    train one-step jumps reliably (docs/few-step.md has the figures).
 
     Args:
         flow_fraction: the fraction of each batch trained with `r = t`, i.e.
