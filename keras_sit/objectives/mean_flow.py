@@ -133,7 +133,7 @@ class MeanFlow(Objective):
                 times = keras.random.uniform((2, n), seed=seed)
             t, r = ops.maximum(times[0], times[1]), ops.minimum(times[0], times[1])
             # floor(n * flow_fraction), also for a batch size known only at run time
-            flow = ops.arange(n) < ops.cast(ops.floor(ops.cast(n, "float64") * self.flow_fraction), "int32")
+            flow = ops.arange(n) < ops.cast(ops.floor(ops.cast(n, "float32") * self.flow_fraction), "int32")
             return ops.stack([t, ops.where(flow, t, r)], axis=1)
 
         times = backend.per_replica_draw(batch_size, draw)
