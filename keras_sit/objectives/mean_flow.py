@@ -132,8 +132,11 @@ class MeanFlow(Objective):
             else:
                 times = keras.random.uniform((2, n), seed=seed)
             t, r = ops.maximum(times[0], times[1]), ops.minimum(times[0], times[1])
-            # floor(n * flow_fraction), also for a batch size known only at run time
-            flow = ops.arange(n) < ops.cast(ops.floor(ops.cast(n, "float32") * self.flow_fraction), "int32")
+            if isinstance(n, int):
+                count = int(n * self.flow_fraction)  # as the official code
+            else:  # a batch size known only at run time
+                count = ops.cast(ops.floor(ops.cast(n, "float32") * self.flow_fraction), "int32")
+            flow = ops.arange(n) < count
             return ops.stack([t, ops.where(flow, t, r)], axis=1)
 
         times = backend.per_replica_draw(batch_size, draw)
