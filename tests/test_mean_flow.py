@@ -15,7 +15,8 @@ NUM_CLASSES = 3
 
 def mean_flow_sit(objective=None, **overrides):
     config = dict(num_classes=NUM_CLASSES, objectives=[objective or MeanFlow()], time_embedding_scale=1.0)
-    model = tiny_sit(**{**config, **overrides})
+    config.update(overrides)
+    model = tiny_sit(**config)
     randomize(model, np.random.default_rng(1))
     return model
 
@@ -196,3 +197,17 @@ def test_a_latent_sit_trains_with_mean_flow_and_draws_pictures_in_one_step():
     assert np.all(np.isfinite(model.fit(latents, np.arange(8) % 2, batch_size=4, epochs=1, verbose=0).history["loss"]))
     images = model.generate(2, labels=[0, 1], num_steps=1, seed=0)
     assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
+
+
+def test_alignment_reads_the_tokens_of_the_mean_flow_pass_and_trains_with_it():
+    alignment = keras_sit.RepresentationAlignment(depth=1, feature_dims=3, projector_dim=8)
+    model = mean_flow_sit(objectives=[MeanFlow(), alignment])
+    x, labels, t, r, noise, _ = draws()
+    forward = model.objectives[0].forward_with(model, x, labels, t, r, noise)
+    inputs = {"x_t": to_numpy(forward["x_t"]), "t": t, "r": r, "labels": labels}
+    _, tokens = model.backbone.call_with_tokens(inputs, token_depths=(1,))
+    np.testing.assert_allclose(to_numpy(forward["tokens"][1]), to_numpy(tokens[1]), rtol=1e-5, atol=1e-6)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    features = np.random.default_rng(2).standard_normal((6, 4, 3)).astype("float32")
+    history = model.fit({"x": x, "features": features}, labels, batch_size=3, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0]) and -1.0 <= history["alignment"][0] <= 1.0

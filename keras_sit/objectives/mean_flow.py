@@ -176,12 +176,12 @@ class MeanFlow(Objective):
             dropped = ops.convert_to_tensor(dropped, "bool")
         path = model.interpolant
         x_t = path.interpolate(x, noise, t)
-        velocity = path.velocity(x, noise, t)
+        velocity = unguided = path.velocity(x, noise, t)
         if labels is not None and self.guided:
-            velocity = self._guided_velocity(model, x_t, t, labels, velocity)
+            velocity = self._guided_velocity(model, x_t, t, labels, unguided)
         if dropped is not None:
             labels = ops.where(dropped, model.backbone.null_class, labels)
-            velocity = ops.where(per_example(dropped, velocity), path.velocity(x, noise, t), velocity)
+            velocity = ops.where(per_example(dropped, velocity), unguided, velocity)
         depths = model.token_depths
 
         def average_velocity(z, t_, r_):
