@@ -313,7 +313,7 @@ ROWS = [
     ("integrate_ode/num_steps_fraction", lambda: sampling.integrate_ode(drift, VECTORS, 2.5, "euler"),
      TypeError, r"`num_steps` must be a positive int"),
     ("get_sampler/unknown", lambda: sampling.get_sampler("ddim"),
-     ValueError, r"`sampler` must be one of \('euler', .*'sde-heun'\); got 'ddim'"),
+     ValueError, r"`sampler` must be one of \('euler', .*'sde-heun', 'mean-flow'\); got 'ddim'"),
     ("register_sampler/not_a_sampler", lambda: sampling.register_sampler("heun"),
      TypeError, r"`sampler` must be a keras_sit.sampling.Sampler instance; got 'heun'"),
     ("register_sampler/taken", lambda: sampling.register_sampler(sampling.Heun()),

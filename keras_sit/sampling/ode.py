@@ -97,7 +97,7 @@ def fixed_step_sampler(method):
     """`method` as a `FixedStepSampler`: an instance, or the name of a registered one."""
     if isinstance(method, FixedStepSampler):
         return method
-    return get_sampler(method, "method", kind="ode", adaptive=False)
+    return get_sampler(method, "method", kind="ode", adaptive=False, average_velocity=False)
 
 
 def ode_nfe(method, num_steps):

@@ -122,9 +122,9 @@ def unregister_sampler(name):
     del _SAMPLERS[name]
 
 
-def sampler_names(kind=None, adaptive=None, reversible=None):
+def sampler_names(kind=None, adaptive=None, reversible=None, average_velocity=None):
     """The registered names, in registration order, optionally only those with the given attributes."""
-    wanted = {"kind": kind, "adaptive": adaptive, "reversible": reversible}
+    wanted = {"kind": kind, "adaptive": adaptive, "reversible": reversible, "average_velocity": average_velocity}
     return tuple(
         name
         for name, sampler in _SAMPLERS.items()
