@@ -163,3 +163,21 @@ def tiny_autoencoder(seed=0, **overrides):
     for variable in model.weights:
         variable.assign(rng.normal(0, 0.1, size=variable.shape).astype("float32"))
     return model
+
+
+@pytest.fixture
+def one_torch_thread():
+    """On PyTorch, one intra-op thread for the test: a tiny model's eager ops gain nothing from more,
+    and `tox p` runs three test processes on this 2-core machine, where PyTorch's spinning thread
+    pool slowed such a test tenfold. A no-op on the other backends."""
+    if keras.backend.backend() != "torch":
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -167,7 +167,7 @@ def mode_fractions(samples):
     return np.bincount(distance.argmin(axis=1)[near], minlength=4) / len(samples)
 
 
-def test_one_step_samples_match_the_ode_of_the_instantaneous_velocity_on_a_mixture():
+def test_one_step_samples_match_the_ode_of_the_instantaneous_velocity_on_a_mixture(one_torch_thread):
     rng = np.random.default_rng(0)
     data = CENTERS[rng.integers(0, 4, 4096)] + 0.15 * rng.standard_normal((4096, 2)).astype("float32")
     model = keras_sit.SiT(
@@ -183,7 +183,7 @@ def test_one_step_samples_match_the_ode_of_the_instantaneous_velocity_on_a_mixtu
     one_fractions, ode_fractions = mode_fractions(one), mode_fractions(ode)
     assert np.all(ode_fractions > 0.15) and ode_fractions.sum() > 0.9, ode_fractions
     np.testing.assert_allclose(one_fractions, ode_fractions, atol=0.03)
-    np.testing.assert_allclose(np.cov(one.T).diagonal(), np.cov(ode.T).diagonal(), rtol=0.15)
+    np.testing.assert_allclose(np.cov(one.T).diagonal(), np.cov(ode.T).diagonal(), rtol=0.25)
     assert np.abs(one - ode).mean() < 0.2  # the same noise lands at the same place
 
 
