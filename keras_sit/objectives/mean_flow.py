@@ -22,6 +22,7 @@ from keras import ops
 from keras_sit import backend
 from keras_sit.objectives.base import Objective
 from keras_sit.paths import broadcast_time, per_example
+from keras_sit.sampling.guidance import conditional_and_unconditional
 from keras_sit.validation import check_choice, check_number, check_pair
 
 TIME_SAMPLERS = ("logit_normal", "uniform")
@@ -210,15 +211,8 @@ class MeanFlow(Objective):
         if not self.kappa:
             unconditional = ops.stop_gradient(model.network({"x_t": x_t, "t": t, "labels": null}))
             return omega * velocity + (1.0 - omega) * unconditional
-        # One call for both: the batch doubled with the null class.
-        both = model.network(
-            {
-                "x_t": ops.concatenate([x_t, x_t], axis=0),
-                "t": ops.concatenate([t, t], axis=0),
-                "labels": ops.concatenate([null, labels], axis=0),
-            }
-        )
-        unconditional, conditional = ops.split(ops.stop_gradient(both), 2, axis=0)
+        conditional, unconditional = conditional_and_unconditional(model, {"x_t": x_t, "t": t}, labels)
+        conditional, unconditional = ops.stop_gradient(conditional), ops.stop_gradient(unconditional)
         return omega * velocity + (1.0 - omega - kappa) * unconditional + kappa * conditional
 
     def term(self, batch, forward, training=False):

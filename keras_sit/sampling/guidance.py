@@ -27,15 +27,7 @@ def guide(model, x_t, t, labels, cfg_scale, guidance_channels=None, guidance_int
         raise ValueError(
             "`cfg_scale` != 1 needs a model with a null class (num_classes set and class_dropout_prob > 0)."
         )
-    null = ops.full_like(labels, null_class)
-    both = model.network(
-        {
-            "x_t": ops.concatenate([x_t, x_t], axis=0),
-            **{key: ops.concatenate([time, time], axis=0) for key, time in times.items()},
-            "labels": ops.concatenate([labels, null], axis=0),
-        }
-    )
-    cond, uncond = ops.split(both, 2, axis=0)
+    cond, uncond = conditional_and_unconditional(model, {"x_t": x_t, **times}, labels)
     guided = ops.add(uncond, ops.multiply(cfg_scale, ops.subtract(cond, uncond)))
     if guidance_channels is not None:
         guided = ops.concatenate([guided[..., :guidance_channels], cond[..., guidance_channels:]], axis=-1)
@@ -44,6 +36,17 @@ def guide(model, x_t, t, labels, cfg_scale, guidance_channels=None, guidance_int
         inside = ops.logical_and(t >= lo, t <= hi)
         guided = ops.where(per_example(inside, guided), guided, cond)
     return guided
+
+
+def conditional_and_unconditional(model, inputs, labels):
+    """`(cond, uncond)`: `model.network` on `inputs` with `labels` and with the null class.
+
+    One call on the batch doubled with the null class.
+    """
+    null = ops.full_like(labels, model.backbone.null_class)
+    doubled = {key: ops.concatenate([value, value], axis=0) for key, value in inputs.items()}
+    both = model.network({**doubled, "labels": ops.concatenate([labels, null], axis=0)})
+    return ops.split(both, 2, axis=0)
 
 
 def _guided_output(model, settings, labels, x, t):
