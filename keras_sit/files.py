@@ -58,6 +58,27 @@ def replacing(path):
     _remove_dead_partials(directory, name)
 
 
+@contextlib.contextmanager
+def chief_writes(path):
+    """Yields where this process saves `path`: `path` on the chief, a throwaway file elsewhere.
+
+    In a job of several processes, saving a model is a collective on JAX (the
+    variables are global arrays) and on TensorFlow's multi-worker strategy,
+    so every process must save; only the chief's file is kept. A lone
+    process is the chief.
+    """
+    from keras_sit.backend.processes import process_index
+
+    if process_index() == 0 or not isinstance(path, (str, os.PathLike)):
+        yield path
+        return
+    scratch = tempfile.mkdtemp(prefix="keras_sit_not_chief_")
+    try:
+        yield os.path.join(scratch, os.path.basename(os.fspath(path)))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def save_atomically(path, overwrite, suffixes, save, **kwargs):
     """Runs a Keras saver, `save(partial, overwrite=True, **kwargs)`, through `replacing(path)`.
 

@@ -19,7 +19,7 @@ from keras import ops
 
 from keras_sit import backend
 from keras_sit.backbone import ARCHITECTURE_DEFAULTS, SiTBackbone
-from keras_sit.files import save_atomically
+from keras_sit.files import chief_writes, save_atomically
 from keras_sit.objectives import InterpolantLoss, Objective
 from keras_sit.presets import preset_config
 from keras_sit.sampling.methods import SamplingMixin
@@ -328,19 +328,27 @@ class SiT(TrainingMixin, SamplingMixin, keras.Model):
         `.keras` or `.h5` file is written beside it under a partial name, synced,
         and renamed onto `filepath` (`keras_sit.files.replacing`). Remote paths and
         `zipped=False` directories are saved by Keras, in place.
+
+        In a job of several processes every process calls `save` (on JAX and
+        TensorFlow it is a collective); only the chief writes `filepath`.
         """
         suffixes = (".keras", ".h5", ".hdf5")
-        if zipped is False or not save_atomically(filepath, overwrite, suffixes, super().save, zipped=zipped, **kwargs):
-            super().save(filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+        with chief_writes(filepath) as filepath:
+            if zipped is False or not save_atomically(
+                filepath, overwrite, suffixes, super().save, zipped=zipped, **kwargs
+            ):
+                super().save(filepath, overwrite=overwrite, zipped=zipped, **kwargs)
 
     def save_weights(self, filepath, overwrite=True, **kwargs):
         """Keras' `save_weights`, atomic like `save`: Keras writes the `.weights.h5` in place.
 
         Sharded weights (`max_shard_size`), several files, are saved by Keras.
+        In a job of several processes, every process calls it and the chief writes.
         """
         sharded = kwargs.get("max_shard_size") is not None
-        if sharded or not save_atomically(filepath, overwrite, (".weights.h5",), super().save_weights, **kwargs):
-            super().save_weights(filepath, overwrite=overwrite, **kwargs)
+        with chief_writes(filepath) as filepath:
+            if sharded or not save_atomically(filepath, overwrite, (".weights.h5",), super().save_weights, **kwargs):
+                super().save_weights(filepath, overwrite=overwrite, **kwargs)
 
     def save_own_variables(self, store):
         # Keras saves no SeedGenerator state; keep it so that a resumed `fit`

@@ -11,6 +11,7 @@ import contextlib
 
 import keras
 
+from keras_sit.backend import processes
 from keras_sit.validation import check_positive_int
 
 
@@ -61,28 +62,31 @@ def per_replica_loss(loss):
 
 
 def per_replica_draw(batch, draw):
-    """`draw(batch)`, or under a TensorFlow `tf.distribute` strategy this replica's slice of `draw(replicas * batch)`.
+    """`draw(batch)`, or this replica's slice of `draw(replicas * batch)` where each replica runs its own program.
 
     `draw(n)` draws random values for `n` examples from a seed generator.
-    Every replica holds the same seed state and a contiguous slice of the
-    global batch (replica 0 first), so drawing for the global batch and
-    keeping its own slice gives each replica different values, the ones one
-    device draws for that batch. JAX and PyTorch run one program over the
-    global batch and draw it whole.
+    Under a TensorFlow `tf.distribute` strategy, and in a PyTorch job of
+    several processes, every replica holds the same seed state and a
+    contiguous slice of the global batch (replica 0 first), so drawing for
+    the global batch and keeping its own slice gives each replica different
+    values, the ones one device draws for that batch. JAX runs one program
+    over the global batch, on one host or many, and draws it whole.
     """
-    context = _replica_context()
-    if context is None:
+    replica = _replica_index_and_count()
+    if replica is None:
         return draw(batch)
-    start = context.replica_id_in_sync_group * batch
-    return keras.ops.take(draw(context.num_replicas_in_sync * batch), start + keras.ops.arange(batch), axis=0)
+    index, count = replica
+    return keras.ops.take(draw(count * batch), index * batch + keras.ops.arange(batch), axis=0)
 
 
 def all_replicas(flag):
-    """`flag` and-ed over the replicas of a TensorFlow `tf.distribute` strategy, else `flag`.
+    """`flag` and-ed over the replicas of a TensorFlow strategy or the processes of a PyTorch job, else `flag`.
 
     A step must be applied or skipped on every replica alike: each holds
     the gradients of its own slice of the batch until the optimizer sums them.
     """
+    if processes.torch_group() is not None:
+        return processes.all_processes(flag)
     context = _replica_context()
     if context is None:
         return flag
@@ -140,6 +144,15 @@ def auto_jit_compile():
 
     # Outside any strategy scope `get_strategy()` is the default strategy, with one replica.
     return "auto" if tf.distribute.get_strategy().num_replicas_in_sync > 1 else True
+
+
+def _replica_index_and_count():
+    """`(index, count)` of this replica where each replica runs its own program, else None."""
+    group = processes.torch_group()
+    if group is not None:
+        return group
+    context = _replica_context()
+    return None if context is None else (context.replica_id_in_sync_group, context.num_replicas_in_sync)
 
 
 def _replica_context():

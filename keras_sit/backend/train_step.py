@@ -10,14 +10,19 @@ user's, untouched.
 
 Keras documents overriding `train_step` per backend ("Customizing what
 happens in `fit()`"); the steps below follow Keras 3.15's and read its private
-`_compute_loss`, `_loss_tracker` and (JAX) `_update_metrics_variables`, the
-only such reads in keras_sit's training. `tests/test_step_guard.py` checks
+`_compute_loss`, `_loss_tracker`, (JAX) `_update_metrics_variables` and
+(TensorFlow) `_symbolic_build`, and writes `_initial_epoch` (`set_initial_epoch`),
+the only such uses in keras_sit's training.
+In a job of several processes, the PyTorch step averages the gradients over
+the processes (as DDP), and two steps of Keras' TensorFlow trainer that fail
+under the multi-worker strategy are restated (`per_worker_logs`,
+`symbolic_build`). `tests/test_step_guard.py` checks
 that good training gives the same weights as Keras' own step.
 """
 
 import keras
 
-from keras_sit.backend import all_replicas, apply_if, fused
+from keras_sit.backend import all_replicas, apply_if, fused, processes
 
 
 def guarded_train_step(model, *args):
@@ -80,7 +85,50 @@ def _tensorflow_train_step(model, data):
     variables = model.trainable_weights
     gradients = tape.gradient(loss, variables)
     applied = _apply_if_finite(model.optimizer, gradients, variables)
-    return model.compute_metrics(x, y, {**y_pred, "applied": applied}, sample_weight=sample_weight)
+    return per_worker_logs(model.compute_metrics(x, y, {**y_pred, "applied": applied}, sample_weight=sample_weight))
+
+
+def per_worker_logs(logs):
+    """Under TensorFlow's multi-worker strategy, each log as a `[1]` tensor.
+
+    Keras 3.15 averages a step's logs across workers with
+    `strategy.reduce("MEAN", value, axis=0)`, which fails on the scalars a
+    step returns; a one-element vector averages to the scalar it should be.
+    """
+    if processes.tensorflow_multi_worker() is None:
+        return logs
+    return {name: keras.ops.reshape(value, (1,)) for name, value in logs.items()}
+
+
+def symbolic_build(model, keras_build, iterator=None, data_batch=None):
+    """Keras' TensorFlow `_maybe_symbolic_build`, which builds the model on a first batch before `fit`.
+
+    Under the multi-worker strategy Keras 3.15 takes that batch by averaging
+    it across workers, which fails on a structure of values; the build only
+    needs shapes, so this takes this worker's own batch.
+    """
+    strategy = processes.tensorflow_multi_worker()
+    if strategy is None or iterator is None:
+        return keras_build(iterator=iterator, data_batch=data_batch)
+    import tensorflow as tf
+
+    for _, _, batches in iterator:
+        data_batch = next(batches)
+        break
+    local = keras.tree.map_structure(
+        lambda v: strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v,
+        data_batch,
+    )
+    with strategy.scope():
+        model._symbolic_build(data_batch=local)
+
+
+def set_initial_epoch(model, epoch):
+    """Make a `fit` that has begun start at `epoch`, as `keras.callbacks.BackupAndRestore` does.
+
+    Keras' `fit` reads `model._initial_epoch` after the callbacks' `on_train_begin`.
+    """
+    model._initial_epoch = int(epoch)
 
 
 def _torch_train_step(model, data):
@@ -90,10 +138,12 @@ def _torch_train_step(model, data):
     y_pred = model(x, training=True)
     model.zero_grad()
     loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-    model._loss_tracker.update_state(loss, sample_weight=_batch_size(x))
+    # The loss of the global batch: the mean over the processes of their equal slices' means.
+    model._loss_tracker.update_state(processes.mean_over_processes(loss), sample_weight=_batch_size(x))
     model.optimizer.scale_loss(loss).backward()
     variables = model.trainable_weights[:]
     gradients = [v.value.grad for v in variables]
+    processes.average_gradients(gradients)  # as DDP, in a job of several processes
     with torch.no_grad():
         applied = _apply_if_finite(model.optimizer, gradients, variables)
     return model.compute_metrics(x, y, {**y_pred, "applied": applied}, sample_weight=sample_weight)

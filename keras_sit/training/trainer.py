@@ -12,11 +12,13 @@ The host model provides `_check_inputs`, `_labels_in_range`, `num_classes`,
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_sit import backend
-from keras_sit.backend import fused
-from keras_sit.backend.train_step import guarded_train_step
+from keras_sit.backend import fused, processes
+from keras_sit.backend.train_step import guarded_train_step, per_worker_logs, symbolic_build
+from keras_sit.distribution import feeds
 from keras_sit.training import ema, step_guard
 from keras_sit.training.optimizers import AdamW
 from keras_sit.validation import (
@@ -95,16 +97,46 @@ class TrainingMixin:
         second `fit` continues exactly) and the EMA in the optimizer, where
         `generate` finds it; `apply_ema()` copies it into the weights
         (`keras_sit.training.ema.KeepTrainingWeights`).
+
+        In a job of several processes (`keras_sit.distribution.initialize`),
+        `batch_size` is the global batch and each process trains on its
+        slice of it (`keras_sit.distribution.feeds`); on PyTorch the
+        processes first take the chief's weights, as DDP does.
         """
         self._check_fit_data(x, y)
         if isinstance(validation_data, (tuple, list)) and validation_data:
             self._check_fit_data(validation_data[0], validation_data[1] if len(validation_data) > 1 else None)
         elif validation_data is not None:
             self._check_fit_data(validation_data, None)
+        if feeds.slices_by_process():
+            x, y, kwargs, validation_data = self._process_feeds(x, y, args, kwargs, validation_data)
+            args = ()
+        processes.synchronize_variables(self.variables)
         keeper = ema.KeepTrainingWeights()
         callbacks = [keeper.restorer, step_guard.StopOnBadStep(), *(kwargs.pop("callbacks", None) or []), keeper]
         with self.training_record.checking("fit"):
             return super().fit(x, y, *args, validation_data=validation_data, callbacks=callbacks, **kwargs)
+
+    def _process_feeds(self, x, y, args, kwargs, validation_data):
+        """`fit`'s inputs as this process's slices of the global batches (`keras_sit.distribution.feeds`)."""
+        kwargs = {**dict(zip(feeds.FIT_POSITIONAL, args)), **kwargs}
+        if kwargs.get("validation_split"):
+            raise ValueError(
+                "`validation_split` is not supported in a job of several processes; pass `validation_data`."
+            )
+        seed = processes.broadcast(np.random.randint(2**31 - 1))  # one order of examples for every process
+        batch_size = kwargs.pop("batch_size", None)
+        x, y, batch_size, shuffle = feeds.process_feed(x, y, batch_size, kwargs.pop("shuffle", True), seed)
+        kwargs.update(batch_size=batch_size, shuffle=shuffle)
+        if validation_data is not None:
+            if isinstance(validation_data, (tuple, list)):
+                validation = feeds.process_feed(*validation_data[:2], kwargs.pop("validation_batch_size", None)
+                                                or batch_size or 32, False, seed)  # fmt: skip
+            else:
+                validation = feeds.process_feed(validation_data, None, None, False, seed)
+            validation_data = validation[0] if validation[1] is None else validation[:2]
+            kwargs["validation_batch_size"] = validation[2]
+        return x, y, kwargs, validation_data
 
     def train_on_batch(self, x, y=None, *args, **kwargs):
         """`keras.Model.train_on_batch`; a bad batch is not applied and raises a `ValueError`."""
@@ -150,7 +182,11 @@ class TrainingMixin:
         return guarded_train_step(self, *args[:-1], self._labels_into_x(args[-1]))
 
     def test_step(self, *args):
-        return super().test_step(*args[:-1], self._labels_into_x(args[-1]))
+        return per_worker_logs(super().test_step(*args[:-1], self._labels_into_x(args[-1])))
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Called by Keras' TensorFlow trainer only.
+        return symbolic_build(self, super()._maybe_symbolic_build, iterator=iterator, data_batch=data_batch)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         # Record the step: a train step says whether it applied its update (`y_pred["applied"]`).

@@ -1,4 +1,4 @@
-"""Multi-device training of SiT with `keras.distribution` (JAX backend).
+"""Layouts of SiT over the devices of a JAX job with `keras.distribution`.
 
 `keras.distribution` shards a model by the *paths* of its variables
 (`blocks_0/attn/qkv/kernel`, ...), so a model needs a layout map that names
@@ -19,8 +19,8 @@ as a single-device run, up to float rounding.
 
 This module imports on every backend, but in Keras 3.15 `keras.distribution`
 is implemented for JAX only (TensorFlow has a prototype, PyTorch nothing),
-so the constructors raise on other backends; see docs/distribution.md for
-`tf.distribute` and PyTorch.
+so the constructors raise on other backends; `keras_sit.distribution.initialize`
+joins processes on every backend (docs/distribution.md).
 """
 
 import keras
