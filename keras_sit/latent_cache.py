@@ -12,7 +12,12 @@ statistics. With `teachers=` it also stores frozen vision models' patch
 tokens of both flips (for REPA; `keras_sit.latent_features`). Each shard is
 written to a temporary directory and renamed into place, so a half-written
 shard is never read; after a crash the same call resumes and skips the
-finished shards. `keras_sit.latent_dataset.LatentDataset` reads the cache.
+finished shards. In a job of several processes (`keras_sit.distribution`)
+every process calls `write_latent_cache` and writes every N-th shard; the
+chief writes `cache.json`, so the cache is the one a lone process writes.
+On JAX, create the autoencoder and teachers under
+`keras_sit.distribution.local()`, so that each process encodes on its own.
+`keras_sit.latent_dataset.LatentDataset` reads the cache.
 
 The cache's layout: `cache.json` (what was encoded, and the statistics once
 complete) and `shard-00000/` ... each holding
@@ -39,6 +44,7 @@ import keras
 import numpy as np
 
 from keras_sit.autoencoders.base import Autoencoder
+from keras_sit.backend import processes
 from keras_sit.files import PARTIAL_SUFFIX, write_atomically, write_synced
 from keras_sit.images import UnreadableImageError
 from keras_sit.latent_features import (
@@ -90,7 +96,7 @@ def write_latent_cache(
             teachers see the same batches).
         dtype: `"float32"` or `"float16"` (half the disk) for the stored
             latents.
-        verbose: 1 shows a progress bar over the examples; 1 and 2 print a
+        verbose: 1 shows a progress bar over the shards; 1 and 2 print a
             line for each image skipped and their count.
         on_error: what an unreadable image (`UnreadableImageError`: a
             truncated or corrupt file) does: `"raise"` stops the cache with
@@ -130,6 +136,10 @@ def write_latent_cache(
     check_choice("on_error", on_error, ON_ERROR)
     teachers = resolve_teachers(teachers)
     check_choice("feature_dtype", feature_dtype, FLOAT_DTYPES)
+    processes.check_process_local(autoencoder, "autoencoder")
+    for name, teacher in teachers.items():
+        if isinstance(teacher, keras.layers.Layer):
+            processes.check_process_local(teacher, f"teachers[{name!r}]")
     num_examples = len(source)
     if num_examples == 0:
         raise ValueError("`source` holds no images.")
@@ -151,11 +161,14 @@ def write_latent_cache(
     existing = _read_json(directory)
     if existing is not None:
         _check_resumable(directory, existing, plan)
-    else:
+    elif processes.process_index() == 0:
         _write_json(directory, plan)
     num_shards = -(-num_examples // shard_size)
-    progress = keras.utils.Progbar(num_examples, verbose=verbose, unit_name="image")
-    for shard in range(num_shards):
+    # In a job of several processes each writes every `count`-th shard; the chief shows the progress.
+    index, count = processes.process_index(), processes.process_count()
+    mine = [shard for shard in range(num_shards) if shard % count == index]
+    progress = keras.utils.Progbar(len(mine), verbose=verbose if index == 0 else 0, unit_name="shard")
+    for step, shard in enumerate(mine, 1):
         start, stop = shard * shard_size, min((shard + 1) * shard_size, num_examples)
         if not os.path.isdir(shard_path(directory, shard)):
             _write_shard(
@@ -171,7 +184,8 @@ def write_latent_cache(
                 on_error,
                 verbose,
             )
-        progress.update(stop)
+        progress.update(step)
+    processes.barrier()  # every shard is written
     skipped = [record for shard in range(num_shards) for record in _read_skipped(directory, shard)]
     num_cached = sum(_shard_length(directory, shard) for shard in range(num_shards))
     if num_cached == 0:
@@ -184,8 +198,10 @@ def write_latent_cache(
         }
     description.update(num_cached=num_cached, num_skipped=len(skipped), skipped=[r["path"] for r in skipped])
     description["complete"] = True
-    _write_json(directory, description)
-    if skipped and verbose:
+    if index == 0:
+        _write_json(directory, description)
+    processes.barrier()  # no process returns before the description is there
+    if skipped and verbose and index == 0:
         print(f'Skipped {len(skipped)} unreadable image(s) of {num_examples}; {CACHE_FILE} lists them under "skipped".')
     return description
 

@@ -13,6 +13,9 @@ import os
 import keras
 import numpy as np
 
+from keras_sit.backend import processes
+from keras_sit.distribution import feeds
+from keras_sit.distribution.feeds import process_rows
 from keras_sit.latent_cache import read_cache_description, shard_path
 from keras_sit.validation import check_bool, check_positive_int, check_seed
 
@@ -30,9 +33,16 @@ class LatentDataset(keras.utils.PyDataset):
     skipped while the cache was written are not there: `num_examples` counts
     the examples stored (the description's `num_cached`).
 
+    In a job of several processes (`keras_sit.distribution`) on JAX or
+    PyTorch, `batch_size` is the global batch and each process yields its
+    slice of it, reading only those examples, with the flips and draws one
+    process would give them; under TensorFlow's multi-worker strategy every
+    worker yields the global batch and the strategy slices it. Give every
+    process the same `seed` (with None the chief's random one is shared).
+
     Args:
         directory: the cache.
-        batch_size: examples per batch.
+        batch_size: examples per batch (the global batch in a job).
         shuffle: a fresh order every epoch (else the cache's order).
         flip: pick one of the two flips at random (else always the
             original image).
@@ -85,7 +95,13 @@ class LatentDataset(keras.utils.PyDataset):
         self.batch_size, self.shuffle, self.flip, self.sample = int(batch_size), shuffle, flip, sample
         self.drop_remainder, self.normalize = drop_remainder, normalize
         self.features = _feature_names(features, self.description, directory)
-        self.seed = int(np.random.default_rng().integers(2**31 - 1)) if seed is None else int(seed)
+        # One seed for every process of a job: the chief's draw.
+        self.seed = processes.broadcast(np.random.default_rng().integers(2**31 - 1)) if seed is None else int(seed)
+        # A process of a JAX or PyTorch job yields its slice of each global batch; TensorFlow's strategy slices.
+        slices = feeds.slices_by_process()
+        self._index, self._count = (processes.process_index(), processes.process_count()) if slices else (0, 1)
+        if slices:
+            feeds.process_batch_size(batch_size)
         shards = [shard_path(directory, s) for s in range(self.description["num_shards"])]
         means = [np.load(os.path.join(s, "mean.npy"), mmap_mode="r") for s in shards]
         # A deterministic autoencoder's cache has no `std`: its latents are the means.
@@ -137,7 +153,8 @@ class LatentDataset(keras.utils.PyDataset):
 
     def __len__(self):
         full, rest = divmod(self.num_examples, self.batch_size)
-        return full if self.drop_remainder or rest == 0 else full + 1
+        # In a job of several processes a batch needs a row for each.
+        return full if self.drop_remainder or rest < max(1, self._count) else full + 1
 
     def _permutation(self):
         if not self.shuffle:
@@ -151,8 +168,13 @@ class LatentDataset(keras.utils.PyDataset):
     def __getitem__(self, index):
         indices = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        flips = rng.integers(0, 2, len(indices)) if self.flip else np.zeros(len(indices), "int64")
         sample = self.sample and self.stochastic
+        # The draws of the whole global batch, of which a process of a job keeps its rows (a last, short
+        # batch cut to a multiple of the process count), as it reads only them.
+        flips = rng.integers(0, 2, len(indices)) if self.flip else np.zeros(len(indices), "int64")
+        noise = rng.standard_normal((len(indices), *self.latent_shape), dtype="float32") if sample else None
+        rows = process_rows(np.arange(len(indices)), self._index, self._count)
+        indices, flips = indices[rows], flips[rows]
         means = np.empty((len(indices), *self.latent_shape), "float32")
         stds = np.empty_like(means) if sample else None
         features = {name: np.empty((len(indices), *shape), "float32") for name, shape in self.feature_shapes.items()}
@@ -164,7 +186,7 @@ class LatentDataset(keras.utils.PyDataset):
                 stds[row] = self._stds[shard][offset, flip]
             for name, tokens in features.items():
                 tokens[row] = self._features[name][shard][offset, flip]
-        latents = means + stds * rng.standard_normal(means.shape, dtype="float32") if sample else means
+        latents = means + stds * noise[rows] if sample else means
         if self.normalize:
             latents = (latents - self._channel_mean) / self._channel_std
         inputs = {"x": latents, **features} if features else latents

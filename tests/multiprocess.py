@@ -47,9 +47,11 @@ def job_environments(count):
 
 
 def run_job(scenario, out_dir, *arguments, processes=2, timeout=240):
-    """Run the scenario as `processes` processes (1: a lone process, no job); returns each one's
-    `(return code, output, seconds)`. Processes still running after `timeout` seconds are killed
-    and the call fails."""
+    """Run the scenario as `processes` processes (1: a lone process, no job).
+
+    Returns each one's `(return code, output, seconds from the launch to its end)`. Processes
+    still running after `timeout` seconds are killed and the call fails.
+    """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
@@ -68,18 +70,18 @@ def run_job(scenario, out_dir, *arguments, processes=2, timeout=240):
         except subprocess.TimeoutExpired:
             for other in jobs:
                 other.kill()
-            raise AssertionError(f"{scenario}: a process ran past {timeout} s:\n" + _tail(log)) from None
-        results.append((job.returncode, _tail(log), time.monotonic() - started))
+            raise AssertionError(f"{scenario}: a process ran past {timeout} s:\n" + _read(log)[-4000:]) from None
+        results.append((job.returncode, _read(log), time.monotonic() - started))
         log.close()
     return results
 
 
-def _tail(log, size=4000):
+def _read(log):
     log.flush()
     log.seek(0)
-    return log.read()[-size:]
+    return log.read()
 
 
 def check_succeeded(results):
     for rank, (code, output, _) in enumerate(results):
-        assert code == 0, f"process {rank} failed ({code}):\n{output}"
+        assert code == 0, f"process {rank} failed ({code}):\n{output[-4000:]}"

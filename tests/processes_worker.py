@@ -12,9 +12,11 @@ Scenarios:
 - `bad_batch`: a streamed batch with a NaN in process 1's slice only; each
   process writes whether its `fit` stopped and at which step.
 - `cache`: `write_latent_cache` and `generate_for_evaluation` into
-  `OUT_DIR/cache` and `OUT_DIR/samples`.
+  `OUT_DIR/cache` and `OUT_DIR/samples`; each process writes the
+  `LatentDataset` batches it yields to `dataset<i>.npz`.
 - `backup EPOCHS [KILL_AT]`: `fit` with `BackupAndRestore` in
   `OUT_DIR/backup`; process 1 kills itself at the end of epoch `KILL_AT`.
+- `all`: `train`, `bad_batch`, `cache` and `backup 4`, each in its folder.
 """
 
 import json
@@ -28,6 +30,7 @@ import numpy as np
 
 import keras_sit
 from keras_sit import distribution
+from keras_sit.distribution import feeds
 
 ARCHITECTURE = dict(
     input_shape=(4, 4, 1), patch_size=2, hidden_size=16, depth=1, num_heads=2, num_classes=3, class_dropout_prob=0.3
@@ -36,7 +39,7 @@ BATCH = 8  # the global batch
 TIMEOUT_SECONDS = 20  # a dead peer is noticed within about this
 
 
-def _model():
+def _model(learning_rate=0.1):
     rng = np.random.default_rng(0)
     model = keras_sit.SiT(**ARCHITECTURE, seed=0)
     # Away from the zero adaLN init, so that every weight gets a gradient from the first step.
@@ -44,7 +47,9 @@ def _model():
         variable.assign(rng.normal(0, 0.2, size=variable.shape).astype("float32"))
     # SGD: the update is linear in the gradient, so the comparison stays tight. XLA off on
     # TensorFlow, which the multi-worker strategy does not compile.
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=keras.backend.backend() == "jax")
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9), jit_compile=keras.backend.backend() == "jax"
+    )
     return model
 
 
@@ -76,7 +81,7 @@ def train(out):
 
 
 class _NaNInProcessOne(keras.utils.PyDataset):
-    """Three batches; in the second, process 1's slice holds a NaN (a lone process gets the whole batch)."""
+    """Three global batches; in the second, process 1's slice holds a NaN."""
 
     def __len__(self):
         return 3
@@ -85,6 +90,8 @@ class _NaNInProcessOne(keras.utils.PyDataset):
         images, labels = _data(seed=10 + index)
         if index == 1:
             images[BATCH - 1, 0, 0, 0] = np.nan  # the last row: process 1's slice
+        if not feeds.slices_by_process():  # one process, or TensorFlow's strategy, which slices it
+            return images, labels
         count, rank = distribution.process_count(), distribution.process_index()
         rows = slice(rank * BATCH // count, (rank + 1) * BATCH // count)
         return images[rows], labels[rows]
@@ -96,7 +103,7 @@ def bad_batch(out):
     losses, record = _losses()
     error = None
     try:
-        model.fit(_NaNInProcessOne(), epochs=1, verbose=0, callbacks=[record])
+        model.fit(_NaNInProcessOne(), epochs=1, shuffle=False, verbose=0, callbacks=[record])
     except ValueError as raised:
         error = str(raised)
     moved = [float(np.abs(keras.ops.convert_to_numpy(v) - b).max()) for v, b in zip(model.trainable_weights, before)]
@@ -110,12 +117,16 @@ def cache(out):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (7, 16, 16, 3)).astype("uint8")
     source = keras_sit.ArrayImages(images, np.arange(7) % 3)
-    keras_sit.write_latent_cache(source, tiny_autoencoder(seed=0), out / "cache", shard_size=2, batch_size=2,
-                                 verbose=0)  # fmt: skip
-    model = keras_sit.SiT(input_shape=(8, 8, 3), patch_size=4, hidden_size=16, depth=1, num_heads=2, num_classes=3,
-                          seed=0)  # fmt: skip
+    with distribution.local():  # each process encodes and samples on its own
+        autoencoder = tiny_autoencoder(seed=0)
+        model = keras_sit.SiT(input_shape=(8, 8, 3), patch_size=4, hidden_size=16, depth=1, num_heads=2,
+                              num_classes=3, seed=0)  # fmt: skip
+    keras_sit.write_latent_cache(source, autoencoder, out / "cache", shard_size=2, batch_size=2, verbose=0)
     keras_sit.evaluation.generate_for_evaluation(model, out / "samples", num_samples=10, batch_size=3, verbose=0,
                                                  num_steps=2)  # fmt: skip
+    dataset = keras_sit.LatentDataset(out / "cache", batch_size=4, seed=3)
+    batches = {f"batch{i}/{name}": array for i in range(len(dataset)) for name, array in zip(("x", "y"), dataset[i])}
+    np.savez(out / f"dataset{distribution.process_index()}.npz", **batches)
 
 
 class _KillAt(keras.callbacks.Callback):
@@ -129,7 +140,7 @@ class _KillAt(keras.callbacks.Callback):
 
 
 def backup(out, epochs, kill_at=None):
-    model = _model()
+    model = _model(learning_rate=0.01)  # 16 steps: slower, so that training stays finite
     images, labels = _data(count=4 * BATCH)
     callbacks = [keras_sit.callbacks.BackupAndRestore(out / "backup", delete_checkpoint=False)]
     if kill_at is not None:
@@ -141,7 +152,16 @@ def backup(out, epochs, kill_at=None):
     np.savez(out / f"rank{distribution.process_index()}.npz", **arrays)
 
 
-SCENARIOS = {"train": train, "bad_batch": bad_batch, "cache": cache, "backup": backup}
+def everything(out):
+    """Every scenario but a killed one, each in its own folder of `out`, in one launch."""
+    for name, scenario in (("train", train), ("bad_batch", bad_batch), ("cache", cache)):
+        (out / name).mkdir(exist_ok=True)
+        scenario(out / name)
+    (out / "backup").mkdir(exist_ok=True)
+    backup(out / "backup", 4)
+
+
+SCENARIOS = {"train": train, "bad_batch": bad_batch, "cache": cache, "backup": backup, "all": everything}
 
 if __name__ == "__main__":
     distribution.initialize(timeout_seconds=TIMEOUT_SECONDS)

@@ -50,6 +50,16 @@ def compile_inference(model, fn):
     return run
 
 
+def seed_generator(seed):
+    """`keras.random.SeedGenerator(seed)`, this process's own (`processes.outside_strategy`).
+
+    For the generators a sampling call seeds from its `seed` argument, which
+    may differ between the processes of a job.
+    """
+    with processes.outside_strategy():
+        return keras.random.SeedGenerator(seed)
+
+
 def per_replica_loss(loss):
     """`loss / replicas` under a TensorFlow `tf.distribute` strategy, else `loss`.
 

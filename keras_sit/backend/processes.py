@@ -9,6 +9,7 @@ them (joining, counting, waiting, agreeing on a value) is here;
 `keras_sit.distribution` is the public face.
 """
 
+import contextlib
 import datetime
 import json
 import os
@@ -219,6 +220,27 @@ def _tensorflow_sum(value):
     return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
 
 
+def lost_peer(error):
+    """Whether `error` is how this backend reports that another process of the job stopped or is unreachable.
+
+    PyTorch's gloo and NCCL raise a `RuntimeError` naming them; JAX's gloo
+    collectives a `ValueError` naming gloo, its coordinator a missed
+    heartbeat; TensorFlow's collectives `UnavailableError` or, after the
+    timeout, `DeadlineExceededError`.
+    """
+    if process_count() < 2:
+        return False
+    name = keras.backend.backend()
+    text = str(error)
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError))
+    if name == "torch":
+        return isinstance(error, RuntimeError) and any(word in text for word in ("gloo", "NCCL", "Connection"))
+    return isinstance(error, (ValueError, RuntimeError)) and any(word in text for word in ("Gloo", "heartbeat"))
+
+
 def average_gradients(gradients):
     """On a PyTorch job of several processes, replace each gradient by its mean over the processes.
 
@@ -281,6 +303,59 @@ def synchronize_variables(variables):
     for variable in variables:
         value = variable.value
         dist.broadcast(value.data, src=0)
+
+
+@contextlib.contextmanager
+def outside_strategy():
+    """Variables created here belong to this process only, also under TensorFlow's multi-worker strategy.
+
+    There, creating a variable is a collective whose initial value comes
+    from the chief: a variable seeded differently on each worker (a sampling
+    seed) would silently take the chief's value, and one created on some
+    workers only would pair with another. Elsewhere this does nothing.
+    """
+    strategy = tensorflow_multi_worker()
+    if strategy is None:
+        yield
+        return
+    import tensorflow as tf
+
+    tf.distribute.experimental_set_strategy(None)
+    try:
+        yield
+    finally:
+        tf.distribute.experimental_set_strategy(strategy)
+
+
+@contextlib.contextmanager
+def local():
+    """Models created here are this process's own: no JAX distribution, no TensorFlow strategy."""
+    if keras.backend.backend() != "jax":
+        with outside_strategy():
+            yield
+        return
+    current = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(current)
+
+
+def check_process_local(model, name):
+    """Raise unless `model` can compute on this process alone (its JAX variables are not spread over processes).
+
+    In a JAX job a model created under the job's distribution holds global
+    arrays, which every process must compute on together, on the same inputs.
+    """
+    if keras.backend.backend() != "jax" or process_count() < 2:
+        return
+    spread = [v.path for v in model.variables if not getattr(v.value, "is_fully_addressable", True)]
+    if spread:
+        raise ValueError(
+            f"`{name}` holds variables spread over the processes of this JAX job ({spread[0]}, ...), but each "
+            f"process computes its own part here: create or load it under `keras_sit.distribution.local()`."
+        )
 
 
 def tensorflow_multi_worker():

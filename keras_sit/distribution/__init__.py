@@ -19,12 +19,23 @@ as many, launched by the backend's own tool:
 `batch_size` is the global batch and every process trains on its slice
 (`feeds`); the processes draw between them the `t`, noise and label drops
 one process draws for that batch, so N processes compute what one does.
-Only the chief (`is_chief()`) writes files. `layouts` holds the JAX mesh
+Only the chief (`is_chief()`) writes files. Work that each process does on
+its own (encoding its shards of a latent cache, drawing its chunks of
+evaluation samples) needs models of its own: create or load them under
+`local()` (on JAX a model created under the job's distribution is spread
+over every process). `layouts` holds the JAX mesh
 layouts of SiT (data and model parallelism). docs/distribution.md has the
 launch commands and what is tested.
 """
 
-from keras_sit.backend.processes import DEFAULT_TIMEOUT_SECONDS, barrier, broadcast, process_count, process_index
+from keras_sit.backend.processes import (
+    DEFAULT_TIMEOUT_SECONDS,
+    barrier,
+    broadcast,
+    local,
+    process_count,
+    process_index,
+)
 from keras_sit.distribution.feeds import ProcessSlices
 from keras_sit.distribution.layouts import data_parallel, model_parallel, shard_batch, sit_layout_map
 
@@ -77,6 +88,7 @@ __all__ = [
     "data_parallel",
     "initialize",
     "is_chief",
+    "local",
     "model_parallel",
     "process_count",
     "process_index",

@@ -129,7 +129,8 @@ def process_feed(x, y, batch_size, shuffle, seed):
     shuffle is then off); a `tf.data.Dataset` is sharded (unless a JAX
     distribution with auto-sharding does it); anything else (a `PyDataset` such as
     `LatentDataset`, a generator, a `DataLoader`) is taken to yield this
-    process's slice already.
+    process's slice already, in an order of its own: Keras' shuffle, which
+    would order a `PyDataset`'s batches differently in each process, is off.
     """
     from keras_sit.validation import in_memory
 
@@ -141,6 +142,9 @@ def process_feed(x, y, batch_size, shuffle, seed):
         return feed, None, None, False
     if _is_tf_dataset(x) and not _keras_shards_datasets():
         return shard_dataset(x), y, batch_size, shuffle
+    if isinstance(x, keras.utils.PyDataset):
+        # Keras would shuffle its batches with each process's own random order.
+        return x, y, batch_size, False
     return x, y, batch_size, shuffle
 
 

@@ -6,7 +6,11 @@ Inception network. `generate_for_evaluation` draws them in chunks of
 `.npz` under a temporary name and renamed into place, so a crash loses at
 most the chunk in progress and running the same call again resumes after the
 last finished chunk. Each chunk has its own seed, so a resumed run gives
-exactly the samples of an uninterrupted one. Nothing holds all the samples
+exactly the samples of an uninterrupted one, and a job of several processes
+(`keras_sit.distribution`), where each process draws every N-th chunk, the
+samples of one process (on JAX, load the model under
+`keras_sit.distribution.local()`, so that each process samples on its own).
+Nothing holds all the samples
 in memory: `EvaluationSamples` reads the chunks back one at a time to
 accumulate statistics, and writes ADM's sample `.npz` by streaming.
 
@@ -20,6 +24,7 @@ import zipfile
 
 import numpy as np
 
+from keras_sit.backend import processes
 from keras_sit.evaluation.metrics import FeatureStatistics, frechet_distance
 from keras_sit.files import write_atomically
 from keras_sit.validation import check_positive_int, check_seed
@@ -52,7 +57,9 @@ def generate_for_evaluation(
             arrays (e.g. `FIDInception.features`: "pool", "logits",
             "spatial"), stored beside the images.
         seed: the labels' order and every chunk's sampling seed.
-        verbose: 1 shows a progress bar over the samples.
+        verbose: 1 shows a progress bar over the chunks (the chief's, in a
+            job of several processes, each of which calls this and draws
+            every N-th chunk).
         **generate_kwargs: `generate`'s sampler and guidance settings
             (`sampler`, `num_steps`, `cfg_scale`, ...).
 
@@ -69,6 +76,7 @@ def generate_for_evaluation(
             raise ValueError(f"`{reserved}` is chosen by the runner; it cannot be passed to `generate` here.")
     if not hasattr(model, "autoencoder") and (len(model.data_shape) != 3 or model.data_shape[-1] not in (1, 3)):
         raise ValueError(f"`model` must generate images (1 or 3 channels); its data shape is {model.data_shape}.")
+    processes.check_process_local(model, "model")
     plan = {
         "num_samples": int(num_samples),
         "batch_size": int(batch_size),
@@ -78,22 +86,26 @@ def generate_for_evaluation(
     }
     os.makedirs(directory, exist_ok=True)
     plan_path = os.path.join(directory, PLAN_FILE)
+    index, count = processes.process_index(), processes.process_count()
     if os.path.exists(plan_path):
         with open(plan_path) as file:
             if json.load(file) != json.loads(json.dumps(plan)):
                 raise ValueError(f"`directory` {directory!r} holds samples drawn with other settings; use a new one.")
-    else:
+    elif index == 0:
         write_atomically(plan_path, lambda file: file.write(json.dumps(plan, indent=1).encode()))
     labels = None if model.num_classes is None else balanced_labels(num_samples, model.num_classes, seed)
-    progress = keras.utils.Progbar(num_samples, verbose=verbose, unit_name="sample")
-    for chunk, start in enumerate(range(0, num_samples, batch_size)):
+    # In a job of several processes each draws every `count`-th chunk; the chief shows the progress.
+    chunks = list(enumerate(range(0, num_samples, batch_size)))[index::count]
+    progress = keras.utils.Progbar(len(chunks), verbose=verbose if index == 0 else 0, unit_name="chunk")
+    for step, (chunk, start) in enumerate(chunks, 1):
         stop = min(start + batch_size, num_samples)
         path = _chunk_path(directory, chunk)
         if not os.path.exists(path):
             chunk_labels = None if labels is None else labels[start:stop]
             chunk_seed = (seed * 1_000_003 + chunk) % (2**31 - 1)
             options = {"verbose": 0, **generate_kwargs}  # the runner shows its own progress
-            images = model.generate(stop - start, labels=chunk_labels, seed=chunk_seed, **options)
+            with processes.local():  # this process's chunk, not split over a JAX job's devices
+                images = model.generate(stop - start, labels=chunk_labels, seed=chunk_seed, **options)
             images = to_uint8(images)
             arrays = {
                 "images": images,
@@ -102,7 +114,8 @@ def generate_for_evaluation(
             if feature_extractor is not None:
                 arrays.update(_stored_features(feature_extractor, images))
             write_atomically(path, lambda file, arrays=arrays: np.savez(file, **arrays))
-        progress.update(stop)
+        progress.update(step)
+    processes.barrier()  # every chunk is written
     return EvaluationSamples(directory)
 
 

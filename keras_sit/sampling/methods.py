@@ -146,7 +146,7 @@ class SamplingMixin:
             if noise.shape[0] != num_samples:
                 raise ValueError(f"`noise` must hold `num_samples`={num_samples} states; got shape {noise.shape}.")
         weights = self._sampling_weights(use_ema)
-        seed = self.sampling_seed_generator if seed is None else keras.random.SeedGenerator(seed)
+        seed = self.sampling_seed_generator if seed is None else backend.seed_generator(seed)
         if noise is None:
             x = keras.random.normal((num_samples, *self.data_shape), seed=seed)
         else:
@@ -218,7 +218,7 @@ class SamplingMixin:
         labels = self._sampling_labels(labels, x.shape[0], settings)
         probes = None
         if divergence == "hutchinson" or (divergence == "auto" and dim > EXACT_DIVERGENCE_MAX_DIM):
-            generator = self.sampling_seed_generator if seed is None else keras.random.SeedGenerator(seed)
+            generator = self.sampling_seed_generator if seed is None else backend.seed_generator(seed)
             probes = draw_probes(probe, num_probes, tuple(x.shape), generator)
         run = self._compiled(loops.likelihood_loop, settings, labels is None, probes is None)
         with weights:

@@ -11,6 +11,8 @@ The host model provides `_check_inputs`, `_labels_in_range`, `num_classes`,
 `extra_inputs`, `training_record` and `evaluation_record`.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 from keras import ops
@@ -114,7 +116,7 @@ class TrainingMixin:
         processes.synchronize_variables(self.variables)
         keeper = ema.KeepTrainingWeights()
         callbacks = [keeper.restorer, step_guard.StopOnBadStep(), *(kwargs.pop("callbacks", None) or []), keeper]
-        with self.training_record.checking("fit"):
+        with self.training_record.checking("fit"), _lost_peers_named():
             return super().fit(x, y, *args, validation_data=validation_data, callbacks=callbacks, **kwargs)
 
     def _process_feeds(self, x, y, args, kwargs, validation_data):
@@ -221,6 +223,22 @@ class TrainingMixin:
         e.g. before exporting the weights, or to keep training from the EMA.
         """
         ema.copy_in(ema.ema_pairs(getattr(self, "optimizer", None), "`apply_ema()`"))
+
+
+@contextlib.contextmanager
+def _lost_peers_named():
+    """Re-raise a backend's report of a process of the job that stopped as one clear `RuntimeError`."""
+    try:
+        yield
+    except Exception as error:
+        if not processes.lost_peer(error):
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RuntimeError(
+            f"Process {processes.process_index()} of {processes.process_count()}: another process of the job "
+            f"stopped or cannot be reached, so `fit` cannot go on ({type(error).__name__}: {first_line[:300]}). "
+            "Restart every process of the job; `keras_sit.callbacks.BackupAndRestore` resumes from its last backup."
+        ) from error
 
 
 def _portable_compile_config(config):
