@@ -18,6 +18,13 @@ cache also stores DINOv2's patch tokens of each image (`DINOV2` is
 `facebook/dinov2-base`'s `model.safetensors` or folder, or torch hub's
 `dinov2_vitb14_pretrain.pth`), and the tokens of block `--repa-depth` are
 aligned with them; see docs/repa.md.
+
+The same script runs as many processes, on each backend's own launcher
+(docs/distribution.md): `--batch-size` is then the global batch, every
+process encodes its share of the cache and trains on its slice of each
+batch, and only process 0 writes files:
+
+    KERAS_BACKEND=torch torchrun --nproc_per_node=8 examples/train_latent.py --data DIR --vae VAE ...
 """
 
 import argparse
@@ -67,9 +74,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    keras_sit.distribution.initialize()  # one process, or one of a job launched by torchrun, TF_CONFIG, ...
+    chief = keras_sit.distribution.is_chief()
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
-    autoencoder = import_autoencoder(args.vae)
+    with keras_sit.distribution.local():  # each process encodes its own shards of the cache
+        encoder = import_autoencoder(args.vae)
+    # The model's own copy: in a JAX job it lives on every process's devices.
+    autoencoder = encoder if keras_sit.distribution.process_count() == 1 else import_autoencoder(args.vae)
     folder = ImageFolder(args.data, args.image_size)
     cache = args.cache or os.path.join(args.output_dir, "cache")
     overrides = {"depth": args.depth, "hidden_size": args.hidden_size, "num_heads": args.num_heads}
@@ -79,10 +91,12 @@ def main(argv=None):
         # The teacher's grid is SiT's: DINOv2 sees the image resized to 14 px per SiT token (224 px at 256).
         config = {**keras_sit.PRESETS[args.preset], **overrides}
         grid = args.image_size // autoencoder.downsampling_factor // config["patch_size"]
-        teacher = import_dinov2(args.repa, image_size=args.image_size, resized_size=14 * grid)
+        with keras_sit.distribution.local():
+            teacher = import_dinov2(args.repa, image_size=args.image_size, resized_size=14 * grid)
         objectives = [alignment(args, config["depth"], teacher.hidden_size)]
-    print(f"encoding {len(folder)} images of {len(folder.class_names)} classes into {cache}")
-    write_latent_cache(folder, autoencoder, cache, teachers=teacher)
+    if chief:
+        print(f"encoding {len(folder)} images of {len(folder.class_names)} classes into {cache}")
+    write_latent_cache(folder, encoder, cache, teachers=teacher)
     features = teacher is not None
     dataset = LatentDataset(
         cache, batch_size=args.batch_size, seed=args.seed, features=features, normalize=args.normalize_latents
@@ -102,10 +116,12 @@ def main(argv=None):
         args.learning_rate, weight_decay=0.0, use_ema=args.use_ema, global_clipnorm=args.clipnorm
     )
     model.compile(optimizer=optimizer)
-    print(f"backend={keras.backend.backend()} parameters={model.backbone.count_params():,} latents={model.data_shape}")
+    if chief:
+        print(f"backend={keras.backend.backend()} parameters={model.backbone.count_params():,} "
+              f"latents={model.data_shape} processes={keras_sit.distribution.process_count()}")  # fmt: skip
     history = model.fit(dataset, epochs=args.epochs)
     model_path = os.path.join(args.output_dir, "latent_sit.keras")
-    model.save(model_path)
+    model.save(model_path)  # every process saves (a collective on JAX and TensorFlow); process 0 writes
 
     rows = min(len(folder.class_names), args.max_classes)
     labels = np.repeat(np.arange(rows), args.per_class)
@@ -118,6 +134,8 @@ def main(argv=None):
         seed=args.seed,
         decode_batch_size=args.batch_size,
     )
+    if not chief:
+        return
     save_image_grid(images, os.path.join(args.output_dir, "samples.png"), rows=rows, value_range=(0, 255))
     plot_losses(history, os.path.join(args.output_dir, "loss.png"), title=f"latent SiT on {keras.backend.backend()}")
     print(f"wrote {model_path}, samples.png (rows: {', '.join(folder.class_names[:rows])}) and loss.png")

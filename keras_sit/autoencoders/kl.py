@@ -154,9 +154,12 @@ class AutoencoderKL(Autoencoder):
     def initialize_weights(self, seed=None):
         """Glorot-uniform kernels, zero biases, unit norm scales, drawn with NumPy.
 
-        The same `seed` gives the same weights on every backend.
+        The same `seed` gives the same weights on every backend. Without one,
+        the seed comes from NumPy's global generator, which
+        `keras.utils.set_random_seed` seeds (and `keras_sit.distribution.initialize`
+        on JAX, alike on every process, whose copies must start equal).
         """
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(np.random.randint(2**31 - 1) if seed is None else seed)
         for variable in self.weights:
             shape = tuple(variable.shape)
             if variable.path.endswith("kernel"):  # (kh, kw, in, out) or (in, out)

@@ -10,6 +10,7 @@ make eager PyTorch faster, are apart in `keras_sit.fused`.
 import contextlib
 
 import keras
+import numpy as np
 
 from keras_sit.backend import processes
 from keras_sit.validation import check_positive_int
@@ -48,6 +49,20 @@ def compile_inference(model, fn):
             return fn(*args)
 
     return run
+
+
+def to_numpy(x):
+    """`keras.ops.convert_to_numpy(x)`, also for a JAX array split over the processes of a job.
+
+    Under a `keras.distribution` spanning processes, `generate` splits its
+    batch over every device, so each process holds part of the result; every
+    process gets the whole (a collective: all of them call this).
+    """
+    if keras.backend.backend() == "jax" and not getattr(x, "is_fully_addressable", True):
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return keras.ops.convert_to_numpy(x)
 
 
 def seed_generator(seed):

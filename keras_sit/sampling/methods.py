@@ -14,6 +14,7 @@ import numpy as np
 from keras import ops
 
 from keras_sit import backend, distribution
+from keras_sit.backend import processes
 from keras_sit.paths import time_vector
 from keras_sit.sampling import loops
 from keras_sit.sampling.guidance import guide
@@ -157,7 +158,7 @@ class SamplingMixin:
         with weights:
             if not (verbose or return_trajectory):
                 run = self._compiled(loops.generate_loop, settings, labels is None)
-                return ops.convert_to_numpy(run(x, increments, labels))
+                return backend.to_numpy(run(x, increments, labels))
             return self._generate_stepwise(settings, x, increments, labels, verbose, return_trajectory)
 
     @sampling_options(ENCODE)
@@ -177,7 +178,7 @@ class SamplingMixin:
         x = ops.convert_to_tensor(np.asarray(x, "float32"))
         labels = self._sampling_labels(labels, x.shape[0], settings)
         with self._sampling_weights(use_ema):
-            return ops.convert_to_numpy(self._compiled(loops.encode_loop, settings, labels is None)(x, labels))
+            return backend.to_numpy(self._compiled(loops.encode_loop, settings, labels is None)(x, labels))
 
     @sampling_options(LOG_LIKELIHOOD)
     def log_likelihood(
@@ -222,7 +223,7 @@ class SamplingMixin:
             probes = draw_probes(probe, num_probes, tuple(x.shape), generator)
         run = self._compiled(loops.likelihood_loop, settings, labels is None, probes is None)
         with weights:
-            log_p = ops.convert_to_numpy(run(x, labels, probes))
+            log_p = backend.to_numpy(run(x, labels, probes))
         return log_p, -log_p / (dim * np.log(2.0))
 
     # --- helpers ---------------------------------------------------------------------------
@@ -244,8 +245,10 @@ class SamplingMixin:
         sampler = settings.method
         num_steps = sampler.segments(settings.num_steps, return_trajectory)
         step = self._compiled(loops.generate_step, settings, labels is None)
-        progress = keras.utils.Progbar(num_steps, verbose=verbose, stateful_metrics=["nfe"], unit_name="step")
-        trajectory = [ops.convert_to_numpy(x)] if return_trajectory else None
+        # Every process of a job runs this same loop (on JAX it is one program); the chief shows it.
+        shown = verbose if processes.process_index() == 0 else 0
+        progress = keras.utils.Progbar(num_steps, verbose=shown, stateful_metrics=["nfe"], unit_name="step")
+        trajectory = [backend.to_numpy(x)] if return_trajectory else None
         nfe = 0
         segments = ops.convert_to_tensor(num_steps, "int32")
         carry = (x, sampler.init_state(x))
@@ -254,14 +257,14 @@ class SamplingMixin:
             carry, calls = step(carry, z, labels, ops.convert_to_tensor(i, "int32"), segments)
             nfe += int(ops.convert_to_numpy(calls))
             if return_trajectory:
-                trajectory.append(ops.convert_to_numpy(carry[0]))
+                trajectory.append(backend.to_numpy(carry[0]))
             progress.update(i + 1, values=[("nfe", nfe)])
         x = carry[0]
         if sampler.has_last_step(settings):
             x = self._compiled(loops.generate_finish, settings, labels is None)(x, labels)
             if return_trajectory:
-                trajectory.append(ops.convert_to_numpy(x))
-        samples = ops.convert_to_numpy(x)
+                trajectory.append(backend.to_numpy(x))
+        samples = backend.to_numpy(x)
         return (samples, np.stack(trajectory)) if return_trajectory else samples
 
     def _sampling_labels(self, labels, num_samples, settings):

@@ -103,7 +103,8 @@ class TrainingMixin:
         In a job of several processes (`keras_sit.distribution.initialize`),
         `batch_size` is the global batch and each process trains on its
         slice of it (`keras_sit.distribution.feeds`); on PyTorch the
-        processes first take the chief's weights, as DDP does.
+        processes first take the chief's weights, as DDP does. Only the
+        chief shows a progress bar unless `verbose` is given.
         """
         self._check_fit_data(x, y)
         if isinstance(validation_data, (tuple, list)) and validation_data:
@@ -113,6 +114,8 @@ class TrainingMixin:
         if feeds.slices_by_process():
             x, y, kwargs, validation_data = self._process_feeds(x, y, args, kwargs, validation_data)
             args = ()
+        if processes.process_index() > 0 and len(args) < 3 and "verbose" not in kwargs:
+            kwargs["verbose"] = 0  # one progress bar per job: the chief's
         processes.synchronize_variables(self.variables)
         keeper = ema.KeepTrainingWeights()
         callbacks = [keeper.restorer, step_guard.StopOnBadStep(), *(kwargs.pop("callbacks", None) or []), keeper]
