@@ -12,7 +12,7 @@ import contextlib
 import keras
 import numpy as np
 
-from keras_sit.backend import processes
+import keras_sit.backend.processes as processes  # this package's submodule, imported by its full name
 from keras_sit.validation import check_positive_int
 
 
