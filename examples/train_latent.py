@@ -69,12 +69,15 @@ def parse_args(argv=None):
     parser.add_argument("--max-classes", type=int, default=10, help="rows of the grid")
     parser.add_argument("--output-dir", default="outputs/latent")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jax-auto-detect", action="store_true",
+                        help="JAX: let jax.distributed find the job (Cloud TPU pod, SLURM, Open MPI)")  # fmt: skip
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    keras_sit.distribution.initialize()  # one process, or one of a job launched by torchrun, TF_CONFIG, ...
+    # One process, or one of a job launched by torchrun, with TF_CONFIG or KERAS_DISTRIBUTION_* set, ...
+    keras_sit.distribution.initialize(auto_detect=args.jax_auto_detect)
     chief = keras_sit.distribution.is_chief()
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)

@@ -189,6 +189,6 @@ def _require_jax():
     backend = keras.backend.backend()
     if backend != "jax":
         raise RuntimeError(
-            f"keras.distribution runs on the JAX backend only (this is {backend!r}). For TensorFlow and "
-            "PyTorch, see docs/distribution.md."
+            f"keras.distribution runs on the JAX backend only (this is {backend!r}). On TensorFlow and "
+            "PyTorch, keras_sit.distribution.initialize() runs a job of processes; see docs/distribution.md."
         )
