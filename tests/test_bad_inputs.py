@@ -689,6 +689,25 @@ ROWS = [
      TypeError, r"`mlp_ratio` must be a finite number; got nan"),
     ("data_parallel/no_devices", lambda: distribution.data_parallel(devices=[]),
      ValueError, r"`devices` must name at least one device; got an empty list"),
+    ("initialize/timeout_zero", lambda: distribution.initialize(timeout_seconds=0),
+     ValueError, r"`timeout_seconds` must be positive; got 0"),
+    ("initialize/auto_detect", lambda: distribution.initialize(auto_detect="yes"),
+     TypeError, r"`auto_detect` must be a bool; got 'yes'"),
+    # Each backend reads its own launcher's variables; each set is incomplete or malformed.
+    ("initialize/environment", lambda: with_environment(distribution.initialize, WORLD_SIZE="2",
+                                                        KERAS_DISTRIBUTION_NUM_PROCESSES="2", TF_CONFIG="{workers"),
+     ValueError, r"WORLD_SIZE is 2 but RANK is not set|needs KERAS_DISTRIBUTION_JOB_ADDRESSES|TF_CONFIG must be JSON"),
+    ("initialize/environment_int", lambda: with_environment(distribution.initialize, WORLD_SIZE="two",
+                                                            KERAS_DISTRIBUTION_NUM_PROCESSES="two",
+                                                            TF_CONFIG='{"cluster": 3}'),
+     ValueError, r"WORLD_SIZE must be an integer; got 'two'|KERAS_DISTRIBUTION_NUM_PROCESSES must be an integer; "
+                 r"got 'two'|TF_CONFIG must be JSON"),
+    ("ProcessSlices/batch_size", lambda: distribution.ProcessSlices(np.zeros((8, 2)), 3, index=0, count=2),
+     ValueError, r"`batch_size` \(3\) is the global batch and must be a multiple of the number of processes \(2\)"),
+    ("ProcessSlices/lengths", lambda: distribution.ProcessSlices((np.zeros((8, 2)), np.zeros(7)), 4),
+     ValueError, r"The arrays fed to `fit` must have the same number of examples; got \[7, 8\]"),
+    ("BackupAndRestore/backup_dir", lambda: keras_sit.callbacks.BackupAndRestore(""),
+     TypeError, r"`backup_dir` must be a non-empty path; got ''"),
     # --- the optimizer --------------------------------------------------------------------------
     ("AdamW/learning_rate_negative", lambda: keras_sit.AdamW(learning_rate=-1e-4),
      ValueError, r"`learning_rate` must be in \[0.0, inf\); got -0.0001"),
@@ -863,6 +882,20 @@ ROWS = [
     ("export_fid_inception_state_dict/type", lambda: export_fid_inception_state_dict(vae()),
      TypeError, r"`model` must be a keras_sit FIDInception; got AutoencoderKL"),
 ]  # fmt: skip
+
+
+def with_environment(function, **variables):
+    """`function()` with the environment `variables` set, then restored."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        return function()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
 
 
 @pytest.mark.parametrize("call, error, match", [row[1:] for row in ROWS], ids=[row[0] for row in ROWS])

@@ -103,7 +103,7 @@ def _initialize_tensorflow(timeout_seconds):
         config = json.loads(os.environ["TF_CONFIG"])
         cluster = config["cluster"]
         size = sum(len(cluster.get(kind, ())) for kind in ("chief", "worker"))
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(
             'TF_CONFIG must be JSON like {"cluster": {"worker": ["host:port", ...]}, '
             f'"task": {{"type": "worker", "index": 0}}}}; got {os.environ["TF_CONFIG"]!r} ({error}).'
