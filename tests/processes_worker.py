@@ -36,7 +36,7 @@ ARCHITECTURE = dict(
     input_shape=(4, 4, 1), patch_size=2, hidden_size=16, depth=1, num_heads=2, num_classes=3, class_dropout_prob=0.3
 )
 BATCH = 8  # the global batch
-TIMEOUT_SECONDS = 20  # a dead peer is noticed within about this
+TIMEOUT_SECONDS = 10  # a dead peer is noticed within about this
 
 
 def _model(learning_rate=0.1):
