@@ -15,12 +15,12 @@ import numpy as np
 
 from keras_sit.backend import processes
 from keras_sit.distribution import feeds
-from keras_sit.distribution.feeds import process_rows
+from keras_sit.distribution.feeds import EpochOrder, process_rows
 from keras_sit.latent_cache import read_cache_description, shard_path
 from keras_sit.validation import check_bool, check_positive_int, check_seed
 
 
-class LatentDataset(keras.utils.PyDataset):
+class LatentDataset(EpochOrder, keras.utils.PyDataset):
     """Batches of latents (and labels, and teacher features) from a cache written by `write_latent_cache`.
 
     Every time an example is used, one of its two flips is chosen and a
@@ -155,15 +155,6 @@ class LatentDataset(keras.utils.PyDataset):
         full, rest = divmod(self.num_examples, self.batch_size)
         # In a job of several processes a batch needs a row for each.
         return full if self.drop_remainder or rest < max(1, self._count) else full + 1
-
-    def _permutation(self):
-        if not self.shuffle:
-            return np.arange(self.num_examples)
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.num_examples)
-
-    def on_epoch_end(self):
-        self.epoch += 1
-        self._order = self._permutation()
 
     def __getitem__(self, index):
         indices = self._order[index * self.batch_size : (index + 1) * self.batch_size]

@@ -37,7 +37,25 @@ def process_batch_size(batch_size, name="batch_size"):
     return batch_size // count
 
 
-class ProcessSlices(keras.utils.PyDataset):
+class EpochOrder:
+    """A `PyDataset`'s order of examples: each epoch a permutation keyed by `(seed, epoch)` when shuffling.
+
+    The same seed gives the same orders in every process of a job and on
+    every backend. The host sets `num_examples`, `shuffle`, `seed` and
+    `epoch`, and reads `_order`.
+    """
+
+    def _permutation(self):
+        if not self.shuffle:
+            return np.arange(self.num_examples)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.num_examples)
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._order = self._permutation()
+
+
+class ProcessSlices(EpochOrder, keras.utils.PyDataset):
     """This process's slice of every global batch of in-memory arrays.
 
     Every process draws the same order of examples (a permutation keyed by
@@ -79,15 +97,6 @@ class ProcessSlices(keras.utils.PyDataset):
     def __len__(self):
         full, rest = divmod(self.num_examples, self.batch_size)
         return full + (rest >= self.count)
-
-    def _permutation(self):
-        if not self.shuffle:
-            return np.arange(self.num_examples)
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.num_examples)
-
-    def on_epoch_end(self):
-        self.epoch += 1
-        self._order = self._permutation()
 
     def __getitem__(self, index):
         batch = self._order[index * self.batch_size : (index + 1) * self.batch_size]
