@@ -1,7 +1,7 @@
 """The processes of a multi-process job, on each backend's own engine.
 
-JAX: `jax.distributed` (through `keras.distribution.initialize`), one
-program over a global mesh. PyTorch: `torch.distributed` as `torchrun`
+JAX: `jax.distributed`, from the variables `keras.distribution.initialize`
+reads, one program over a global mesh. PyTorch: `torch.distributed` as `torchrun`
 sets it up, one program per process, gradients averaged by this module
 (`average_gradients`), as DDP does. TensorFlow: `MultiWorkerMirroredStrategy`
 from `TF_CONFIG`, one replica per worker. Everything that differs between
