@@ -129,28 +129,24 @@ def _check_environment_int(variable):
 
 def process_count():
     """How many processes the job has (1 unless `initialize` joined several)."""
-    name = keras.backend.backend()
-    if name == "jax":
-        import jax
-
-        return jax.process_count()
-    if name == "torch":
-        group = torch_group()
-        return 1 if group is None else group[1]
-    return _tensorflow_rank_and_size()[1]
+    return _rank_and_size()[1]
 
 
 def process_index():
     """This process's rank, 0 to `process_count() - 1`; 0 is the chief, which writes files."""
+    return _rank_and_size()[0]
+
+
+def _rank_and_size():
+    """`(process index, process count)` on this backend's engine."""
     name = keras.backend.backend()
     if name == "jax":
         import jax
 
-        return jax.process_index()
+        return jax.process_index(), jax.process_count()
     if name == "torch":
-        group = torch_group()
-        return 0 if group is None else group[0]
-    return _tensorflow_rank_and_size()[0]
+        return torch_group() or (0, 1)
+    return _tensorflow_rank_and_size()
 
 
 def _tensorflow_rank_and_size():
