@@ -104,6 +104,28 @@ def test_fused_attention_equals_keras_attention(rng):
     np.testing.assert_allclose(to_numpy(out), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_fused_attention_in_bf16_with_gradients_equals_float32_attention(rng):
+    # A bf16 training step on a CPU takes the explicit matmul path on PyTorch (float32 softmax).
+    q, k, v = (rng.normal(size=(2, 16, 3, 8)).astype("float32") for _ in range(3))
+    expected = to_numpy(keras.ops.dot_product_attention(q, k, v))
+    bf16 = [keras.ops.convert_to_tensor(a, "bfloat16") for a in (q, k, v)]
+    if keras.backend.backend() == "torch":
+        for tensor in bf16:
+            tensor.requires_grad_(True)
+    out = fused.dot_product_attention(*bf16)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    np.testing.assert_allclose(to_numpy(keras.ops.cast(out, "float32")), expected, rtol=0, atol=0.03)
+    if keras.backend.backend() == "torch":  # and its gradient is the float32 one's, to bf16 rounding
+        import torch
+
+        out.float().square().sum().backward()
+        exact = [torch.tensor(a, requires_grad=True) for a in (q, k, v)]
+        torch.nn.functional.scaled_dot_product_attention(*(e.transpose(1, 2) for e in exact)).square().sum().backward()
+        for low, high in zip(bf16, exact, strict=True):
+            scale = high.grad.abs().max().item()
+            np.testing.assert_allclose(low.grad.float().numpy(), high.grad.numpy(), rtol=0, atol=0.05 * scale)
+
+
 @pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
 def test_all_finite_finds_any_non_finite_value(rng, bad):
     values = [rng.normal(size=(3, 4)).astype("float32") * 1e30, rng.normal(size=(7,)).astype("float32")]

@@ -65,24 +65,34 @@ def dense(layer, x):
     return keras.ops.reshape(y, (-1, *leading, layer.units))
 
 
+def _torch_bf16_cpu_training(query):
+    """Whether PyTorch computes `query` in bfloat16 on a CPU with gradients recorded."""
+    import torch
+
+    return query.dtype == torch.bfloat16 and query.device.type == "cpu" and torch.is_grad_enabled()
+
+
 def dot_product_attention(query, key, value):
     """`keras.ops.dot_product_attention(query, key, value)`, unmasked, on `[B, T, heads, head_dim]`.
 
     - PyTorch: `scaled_dot_product_attention` reads the heads-first views as
       they are; Keras' op first copies each of the three into a contiguous
-      buffer (and its gradient back).
+      buffer (and its gradient back). Except when a CPU trains in bfloat16:
+      there the flash kernel's backward runs at a fifth of the bf16 matmul
+      peak, and two batched matmuls around a float32 softmax (below) take
+      half its time, forward and backward (`docs/performance.md`).
     - JAX and TensorFlow on a CPU: heads-first matmuls around a float32
       softmax. XLA's CPU backend runs a batched matmul on one core, and Keras'
       op (tokens-first einsums) adds layout copies around those matmuls;
       `docs/performance.md` gives the figures.
     - Elsewhere (GPU, TPU): Keras' op, which picks the fused cuDNN or flash kernels.
     """
-    if _eager_torch():
+    if _eager_torch() and not _torch_bf16_cpu_training(query):
         import torch
 
         query, key, value = (tensor.transpose(1, 2) for tensor in (query, key, value))
         return torch.nn.functional.scaled_dot_product_attention(query, key, value).transpose(1, 2)
-    if not _on_cpu():
+    if not _eager_torch() and not _on_cpu():
         return keras.ops.dot_product_attention(query, key, value)
     ops = keras.ops
     scale = 1.0 / math.sqrt(query.shape[-1])
