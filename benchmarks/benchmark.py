@@ -111,9 +111,10 @@ def build_parser():
     )
     full.add_argument(
         "--precision",
-        choices=["float32", "bfloat16"],
+        type=precisions,
         default="float32",
-        help="bfloat16 runs the `mixed_bfloat16` policy (float32 variables)",
+        help="float32, bfloat16 (the `mixed_bfloat16` policy, float32 variables), or both comma-separated: "
+        "each backend at each (plain-torch, the anchor, in float32 only)",
     )
     full.add_argument("--train-steps", type=int, default=10, help="timed steps after warm-up")
     full.add_argument("--warmup-steps", type=int, default=2)
@@ -149,6 +150,14 @@ def build_parser():
         "--image-size", type=int, default=256, help="side of the images encoded and decoded"
     )
     return parser
+
+
+def precisions(text):
+    """`--precision`: "float32", "bfloat16" or a comma-separated list of them, checked."""
+    names = text.split(",")
+    if not names or any(name not in ("float32", "bfloat16") for name in names):
+        raise argparse.ArgumentTypeError(f"expected float32, bfloat16 or both comma-separated; got {text!r}")
+    return text
 
 
 def size_overrides(args):
@@ -230,19 +239,17 @@ def benchmark(args):
     import keras
 
     backend = keras.backend.backend()
-    if args.precision == "bfloat16":
+    if args.precision == "bfloat16" and not args.plain_torch:
         keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     shape = parse_shape(args.input_shape)
     if args.plain_torch:
         from benchmarks.plain_torch_sit import PlainTorchTrainer
 
-        if args.precision != "float32":
-            raise SystemExit("--plain-torch runs in float32 only")
         model = PlainTorchTrainer.from_preset(
             args.preset, input_shape=shape, num_classes=args.num_classes, **size_overrides(args)
         )
         config = model.config
-        backend, args.skip_sampling, args.profile = "plain torch", True, False  # training only
+        backend, args.precision, args.profile = "plain torch", "float32", False  # the float32 anchor
     else:
         model = sit_model(args.preset, shape, args.num_classes, args.jit_compile, **size_overrides(args))
         config = model.get_config()
@@ -321,6 +328,7 @@ def sampling(args, model, config, labels, peak):
     sample_s, sample_peak = peak.around(lambda: model.generate(batch, seed=1, **options))
     ode = args.sampler in keras_sit.sampling.sampler_names(kind="ode", adaptive=False)  # fixed-step ODE
     nfe = keras_sit.sampling.ode_nfe(args.sampler, args.sampling_steps) if ode else None
+
     result = {
         "sampler": args.sampler,
         "sampling_steps": args.sampling_steps,
@@ -334,6 +342,13 @@ def sampling(args, model, config, labels, peak):
         return result
     guided = 2 if args.cfg_scale != 1.0 else 1  # classifier-free guidance evaluates a doubled batch
     sample_flops = nfe * forward_flops(config, guided * batch) / sample_s
+    result.update(
+        sample_gflops=sample_flops / 1e9,
+        sample_fraction_of_peak=sample_flops / sample_peak,
+        sample_matmul_peak_gflops=sample_peak / 1e9,
+    )
+    if args.plain_torch:  # its loop is plain Python: no overhead rounds
+        return result
     short = {**options, "num_steps": args.overhead_steps}
     ratios, forward_s = sampling_overhead(
         lambda: model.generate(batch, seed=2, **short),
@@ -345,9 +360,6 @@ def sampling(args, model, config, labels, peak):
         args.overhead_rounds,
     )
     result.update(
-        sample_gflops=sample_flops / 1e9,
-        sample_fraction_of_peak=sample_flops / sample_peak,
-        sample_matmul_peak_gflops=sample_peak / 1e9,
         forward_s=forward_s,
         overhead_sampling_steps=args.overhead_steps,
         sampling_overhead_rounds=ratios,
@@ -482,6 +494,7 @@ def profile_block(model, batch, peak, repeats=5):
 
 COLUMNS = [
     ("backend", "backend", "{}"),
+    ("precision", "precision", "{}"),
     ("train_step", "step", "{}"),
     ("train_images_per_s", "train img/s", "{:.2f}"),
     ("train_fraction_of_peak", "train/peak", "{:.0%}"),
@@ -489,6 +502,7 @@ COLUMNS = [
     ("train_compile_s", "compile s", "{:.1f}"),
     ("sample_images_per_s", "sample img/s", "{:.2f}"),
     ("sample_fraction_of_peak", "sample/peak", "{:.0%}"),
+    ("sample_vs_plain_torch", "sample vs plain", "{:.2f}x"),
     ("nfe", "NFE", "{}"),
     ("sampling_overhead_per_step", "step overhead", "{:.1%}"),
     ("loop_cost_per_step", "loop cost", "{:.3%}"),
@@ -510,20 +524,22 @@ def run_backends(args):
     parser = build_parser()
     options = []
     for key, value in vars(args).items():
-        if key in ("backends", "json") or value == parser.get_default(key):
+        if key in ("backends", "json", "precision") or value == parser.get_default(key):
             continue
         flag = "--" + key.replace("_", "-")
         options += [flag] if value is True else [flag, str(value)]
     results = []
     with tempfile.TemporaryDirectory(prefix="keras_sit_benchmark_") as tmp:
         for backend in args.backends.split(","):
-            out = os.path.join(tmp, f"{backend}.json")
             plain = backend == "plain-torch"
-            env = {**os.environ, "KERAS_BACKEND": "torch" if plain else backend}
-            command = [sys.executable, "-m", "benchmarks.benchmark", *options, "--json", out]
-            subprocess.run(command + (["--plain-torch"] if plain else []), env=env, cwd=REPO_ROOT, check=True)
-            with open(out) as f:
-                results.append(json.load(f))
+            for precision in ["float32"] if plain else args.precision.split(","):
+                out = os.path.join(tmp, f"{backend}-{precision}.json")
+                env = {**os.environ, "KERAS_BACKEND": "torch" if plain else backend}
+                command = [sys.executable, "-m", "benchmarks.benchmark", *options, "--precision", precision]
+                command += ["--json", out] + (["--plain-torch"] if plain else [])
+                subprocess.run(command, env=env, cwd=REPO_ROOT, check=True)
+                with open(out) as f:
+                    results.append(json.load(f))
     return results
 
 
@@ -562,13 +578,15 @@ def main(argv=None):
         print(table(results, autoencoder.COLUMNS))
         _write_json(args, results)
         return
+    if not args.backends and "," in args.precision:
+        raise SystemExit("several --precision values need --backends (each runs in its own process)")
     results = run_backends(args) if args.backends else [benchmark(args)]
     add_ratio_to_plain_torch(results)
     first = results[0]
     print(
         f"\n{first['device']}: {first['preset']} (width {first['hidden_size']}, depth {first['depth']}, "
         f"{first['num_heads']} heads) {tuple(first['input_shape'])} {first['num_classes']} classes, "
-        f"batch {first['batch_size']}, {first['precision']}, {first['parameters']:,} parameters, "
+        f"batch {first['batch_size']}, {first['parameters']:,} parameters, "
         f"{first['forward_gflop_per_image']:.2f} GFLOP/image forward"
     )
     print(table(results))
@@ -576,11 +594,13 @@ def main(argv=None):
 
 
 def add_ratio_to_plain_torch(results):
-    """Each row's training images/s over the plain PyTorch row's, when this run has one."""
+    """Each row's training and sampling images/s over the plain PyTorch (float32) row's, when this run has one."""
     plain = next((row for row in results if row["backend"] == "plain torch"), None)
     if plain is not None:
         for row in results:
-            row["train_vs_plain_torch"] = row["train_images_per_s"] / plain["train_images_per_s"]
+            for part in ("train", "sample"):
+                if row.get(f"{part}_images_per_s") and plain.get(f"{part}_images_per_s"):
+                    row[f"{part}_vs_plain_torch"] = row[f"{part}_images_per_s"] / plain[f"{part}_images_per_s"]
 
 
 def _write_json(args, results):

@@ -7,9 +7,10 @@ Not run alone. It is the network of a preset at the same size and FLOP
 count (patch embedding, sin-cos positions, timestep and label embeddings,
 adaLN-Zero blocks with `scaled_dot_product_attention` and a tanh GELU, adaLN
 final layer), trained with the same objective (uniform t, label dropout,
-linear path, velocity MSE) and the same AdamW. Training only: it is not a
-second implementation of the library, just the figure to measure keras_sit
-against, written as directly as PyTorch allows.
+linear path, velocity MSE) and the same AdamW, in float32 as the official
+code trains, and it samples with Euler steps. It is not a second
+implementation of the library, just the figure to measure keras_sit against
+(the anchor of every precision's ratio), written as directly as PyTorch allows.
 """
 
 import math
@@ -94,6 +95,20 @@ class PlainTorchTrainer:
 
     def count_params(self):
         return sum(p.numel() for p in self.network.parameters())
+
+    def generate(self, num_samples, labels, num_steps, seed=0, cfg_scale=1.0, sampler="euler", verbose=0):
+        """Euler from noise at t=1 to data at t=0 (keras_sit's time), as the official Euler ODE steps."""
+        if sampler != "euler" or cfg_scale != 1.0:
+            raise SystemExit("plain torch samples with --sampler euler and --cfg-scale 1 only")
+        generator = torch.Generator(self.device).manual_seed(seed)
+        height, width, channels = self.config["input_shape"]
+        x = torch.randn(num_samples, channels, height, width, generator=generator, device=self.device)
+        labels = torch.as_tensor(labels, device=self.device).long()
+        times = torch.linspace(1.0, 0.0, num_steps + 1, device=self.device)
+        with torch.no_grad():
+            for t, t_next in zip(times[:-1], times[1:], strict=True):
+                x = x + (t_next - t) * self.network(x, t.expand(num_samples), labels)
+        return x.permute(0, 2, 3, 1).cpu().numpy()
 
     def train_on_batch(self, x, labels):
         x = torch.as_tensor(x, device=self.device).permute(0, 3, 1, 2)

@@ -46,6 +46,12 @@ def parse_args(argv=None):
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--output-dir", default="outputs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="bfloat16: the network computes in bf16 (`mixed_bfloat16`: float32 weights, loss and sampler)",
+    )
     parser.add_argument("--data", default=None, help="folder of class sub-folders of images (default: digits)")
     parser.add_argument("--image-size", type=int, default=32, help="side length images are resized to with --data")
     parser.add_argument("--path", default="linear", choices=["linear", "cosine", "vp"])
@@ -159,11 +165,13 @@ def main(argv=None):
         path=args.path,
         prediction=args.prediction,
         seed=args.seed,
+        dtype="mixed_bfloat16" if args.precision == "bfloat16" else None,
     )
     model.compile(optimizer=keras_sit.AdamW(learning_rate=args.learning_rate, weight_decay=0.0))
     print(
         f"backend={keras.backend.backend()} parameters={model.count_params():,} data={input_shape} "
-        f"path={args.path} prediction={args.prediction}" + (" objective=MeanFlow" if args.mean_flow else "")
+        f"path={args.path} prediction={args.prediction} precision={args.precision}"
+        + (" objective=MeanFlow" if args.mean_flow else "")
     )
     history = model.fit(**fit_args, epochs=args.epochs, callbacks=callbacks)
     print(f"final loss {history.history['loss'][-1]:.4f}")
