@@ -149,3 +149,16 @@ def test_save_load_round_trip(models, data, tmp_path):
     args = (data["x"], data["t"], data["labels"])
     np.testing.assert_array_equal(to_numpy(loaded.velocity(*args)), to_numpy(model.velocity(*args)))
     assert int(to_numpy(loaded.optimizer.iterations)) == 1
+
+
+@pytest.mark.xla_default
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_auto_jit_compile_follows_the_compute_dtype(dtype):
+    # TensorFlow on a CPU: XLA for float32, oneDNN's graph kernels (bf16 instructions) for bf16.
+    model = tiny_sit(num_classes=3, dtype=dtype)
+    model.compile()
+    backend = keras.backend.backend()
+    expected = {"jax": True, "torch": False, "tensorflow": dtype == "float32"}[backend]
+    assert model.jit_compile is expected
+    loss = model.train_on_batch(np.zeros((4, 4, 4, 2), "float32"), np.zeros(4, "int32"))
+    assert np.isfinite(loss)

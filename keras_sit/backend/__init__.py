@@ -155,20 +155,28 @@ def apply_if(condition, function, args, variables):
         function(*args)
 
 
-def auto_jit_compile():
-    """What SiT's `compile(jit_compile="auto")` passes to Keras.
+def auto_jit_compile(compute_dtype="float32"):
+    """What SiT's `compile(jit_compile="auto")` passes to Keras, for the model's compute dtype.
 
-    True (XLA) on TensorFlow, which Keras' "auto" leaves off on a CPU-only
-    machine although XLA trains SiT faster there; Keras still turns it off
-    where the model or TensorFlow's op determinism does not support it. Under
-    a strategy with several replicas, and on JAX and PyTorch, Keras' "auto".
+    On TensorFlow with one replica: True (XLA), which Keras' "auto" leaves
+    off on a CPU-only machine although XLA trains SiT in float32 faster
+    there; but False (a `tf.function` graph) for a 16-bit compute dtype on a
+    CPU, where XLA's CPU backend computes bf16 dots without the bf16 matrix
+    instructions (AVX512-BF16, AMX) and TensorFlow's oneDNN kernels use them:
+    1.8x XLA's bf16 step, 1.5x the float32 one (`docs/performance.md`). Keras
+    still turns XLA off where the model or op determinism does not support
+    it. Under a strategy with several replicas, and on JAX and PyTorch,
+    Keras' "auto".
     """
     if keras.backend.backend() != "tensorflow":
         return "auto"
     import tensorflow as tf
 
     # Outside any strategy scope `get_strategy()` is the default strategy, with one replica.
-    return "auto" if tf.distribute.get_strategy().num_replicas_in_sync > 1 else True
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        return "auto"
+    sixteen_bit = keras.backend.standardize_dtype(compute_dtype) in ("bfloat16", "float16")
+    return not (sixteen_bit and not tf.config.list_physical_devices("GPU"))
 
 
 def _replica_index_and_count():

@@ -46,8 +46,10 @@ class TrainingMixin:
         `jit_compile="auto"` compiles the step with XLA on JAX and TensorFlow
         and runs it eager on PyTorch. Keras' own "auto" leaves XLA off for
         TensorFlow on a CPU-only machine, where XLA trains SiT about 1.6x
-        faster (docs/performance.md); under a `tf.distribute` strategy with
-        several replicas "auto" stays Keras' choice.
+        faster in float32 (docs/performance.md). A model computing in
+        bfloat16 on a CPU trains on TensorFlow without XLA: oneDNN's graph
+        kernels use the CPU's bf16 instructions, XLA's do not. Under a
+        `tf.distribute` strategy with several replicas "auto" stays Keras' choice.
 
         `use_ema=True` makes the default optimizer keep an exponential moving
         average of the weights (Keras' `use_ema`, `ema_momentum=ema_decay`,
@@ -70,7 +72,7 @@ class TrainingMixin:
             optimizer = AdamW(
                 learning_rate=1e-4, weight_decay=0.0, **({"use_ema": True, "ema_momentum": decay} if use_ema else {})
             )
-        resolved = backend.auto_jit_compile() if jit_compile == "auto" else jit_compile
+        resolved = backend.auto_jit_compile(self.dtype_policy.compute_dtype) if jit_compile == "auto" else jit_compile
         super().compile(optimizer=optimizer, jit_compile=resolved, **kwargs)
         self._jit_compile_argument = jit_compile
 
