@@ -155,7 +155,7 @@ def build_parser():
 def precisions(text):
     """`--precision`: "float32", "bfloat16" or a comma-separated list of them, checked."""
     names = text.split(",")
-    if not names or any(name not in ("float32", "bfloat16") for name in names):
+    if any(name not in ("float32", "bfloat16") for name in names):
         raise argparse.ArgumentTypeError(f"expected float32, bfloat16 or both comma-separated; got {text!r}")
     return text
 
@@ -328,7 +328,6 @@ def sampling(args, model, config, labels, peak):
     sample_s, sample_peak = peak.around(lambda: model.generate(batch, seed=1, **options))
     ode = args.sampler in keras_sit.sampling.sampler_names(kind="ode", adaptive=False)  # fixed-step ODE
     nfe = keras_sit.sampling.ode_nfe(args.sampler, args.sampling_steps) if ode else None
-
     result = {
         "sampler": args.sampler,
         "sampling_steps": args.sampling_steps,

@@ -87,12 +87,13 @@ def dot_product_attention(query, key, value):
       `docs/performance.md` gives the figures.
     - Elsewhere (GPU, TPU): Keras' op, which picks the fused cuDNN or flash kernels.
     """
-    if _eager_torch() and not _torch_bf16_cpu_training(query):
-        import torch
+    if _eager_torch():
+        if not _torch_bf16_cpu_training(query):
+            import torch
 
-        query, key, value = (tensor.transpose(1, 2) for tensor in (query, key, value))
-        return torch.nn.functional.scaled_dot_product_attention(query, key, value).transpose(1, 2)
-    if not _eager_torch() and not _on_cpu():
+            query, key, value = (tensor.transpose(1, 2) for tensor in (query, key, value))
+            return torch.nn.functional.scaled_dot_product_attention(query, key, value).transpose(1, 2)
+    elif not _on_cpu():
         return keras.ops.dot_product_attention(query, key, value)
     ops = keras.ops
     scale = 1.0 / math.sqrt(query.shape[-1])
