@@ -33,9 +33,11 @@ from keras_sit.backbone import SiTBackbone
 from keras_sit.callbacks import FrechetDistance, SampleGrid
 from keras_sit.convert import (
     export_official_state_dict,
+    export_repa_state_dict,
     import_autoencoder,
     import_dinov2,
     import_official_checkpoint,
+    import_repa_checkpoint,
 )
 from keras_sit.evaluation import evaluate
 from keras_sit.images import ArrayImages, ImageFolder
@@ -83,11 +85,13 @@ __all__ = [
     "evaluate",
     "evaluation",
     "export_official_state_dict",
+    "export_repa_state_dict",
     "functions",
     "images",
     "import_autoencoder",
     "import_dinov2",
     "import_official_checkpoint",
+    "import_repa_checkpoint",
     "latents",
     "layers",
     "objectives",

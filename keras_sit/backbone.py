@@ -62,6 +62,7 @@ def validate_architecture(config):
     check_number("time_embedding_scale", config["time_embedding_scale"], low=0.0, include_low=False)
     check_bool("learn_sigma", config["learn_sigma"])
     check_bool("interval_embedding", config["interval_embedding"])
+    check_bool("qk_norm", config["qk_norm"])
     return data_shape
 
 
@@ -88,6 +89,9 @@ class SiTBackbone(keras.Model):
             (`keras_sit.objectives.MeanFlow`), which predicts the average
             velocity over the interval. With `r = t` it is an ordinary flow
             model's velocity.
+        qk_norm: normalise each head's queries and keys (LayerNorm over the
+            head dimension, with weights) before attention, as timm's
+            attention with `qk_norm=True` (REPA's `--qk-norm` models).
         seed: seed of `initialize_weights`; the same seed gives the same
             weights on every backend.
     """
@@ -106,6 +110,7 @@ class SiTBackbone(keras.Model):
         learn_sigma=False,
         time_embedding_scale=1000,
         interval_embedding=False,
+        qk_norm=False,
         seed=None,
         dtype=None,
         **kwargs,
@@ -130,7 +135,9 @@ class SiTBackbone(keras.Model):
             label_embedding = LabelEmbedding(
                 num_classes, hidden_size, use_null_class=class_dropout_prob > 0, dtype=dtype, name="y_embedder"
             )
-        blocks = [SiTBlock(hidden_size, num_heads, mlp_ratio, dtype=dtype, name=f"blocks_{i}") for i in range(depth)]
+        blocks = [
+            SiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm, dtype=dtype, name=f"blocks_{i}") for i in range(depth)
+        ]
         per_token = output_size(input_shape, input_dim, patch_size, learn_sigma)
         final_layer = FinalLayer(hidden_size, per_token, dtype=dtype, name="final_layer")
         unpatchify = Unpatchify(patch_size, data_shape, learn_sigma, dtype=dtype, name="unpatchify")
@@ -215,6 +222,7 @@ class SiTBackbone(keras.Model):
         `qkv` as one matrix, the patch projection on the flattened patch),
         N(0, 0.02) for the label table and the time MLP, zeros for all adaLN
         projections and the final linear layer: a fresh network outputs 0.
+        The q/k LayerNorms (`qk_norm`) start at unit scale and zero offset.
         Values come from NumPy, so a seed gives the same weights on every
         backend. The position table is fixed and left alone.
         """
@@ -241,6 +249,10 @@ class SiTBackbone(keras.Model):
             for dense in (block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2):
                 xavier(dense)
             zero(block.adaLN_modulation)
+            if block.attn.qk_norm:  # LayerNorm's (and timm's) start: unit scale, zero offset
+                for norm in (block.attn.q_norm, block.attn.k_norm):
+                    assign(norm.gamma, np.ones(norm.gamma.shape))
+                    assign(norm.beta, np.zeros(norm.beta.shape))
         if self.label_embedding is not None:
             normal(self.label_embedding.embedding.embeddings)
         time_embeddings = [self.time_embedding]

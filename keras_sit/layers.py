@@ -19,6 +19,7 @@ from keras_sit.backend import fused
 from keras_sit.validation import check_bool, check_number, check_positive_int
 
 LAYER_NORM_EPSILON = 1e-6  # official value; Keras' default is 1e-3
+QK_NORM_EPSILON = 1e-5  # `torch.nn.LayerNorm`'s default, which timm's q/k normalisation uses
 
 
 def sincos_1d(embed_dim, positions):
@@ -278,25 +279,42 @@ class Attention(keras.layers.Layer):
     (q, k, v blocks, head-major inside each) and feeds
     `keras.ops.dot_product_attention`, which picks the fused kernel of each
     backend (cuDNN/flash on GPU, SDPA on torch).
+
+    `qk_norm=True` normalises each head's queries and keys over the head
+    dimension before the product (`q_norm`, `k_norm`: LayerNorms with scale
+    and offset shared by the heads, epsilon 1e-5), as timm's attention with
+    `qk_norm=True`, which REPA's `--qk-norm` models use.
     """
 
     kernel_initializer = "glorot_uniform"
 
-    def __init__(self, hidden_size, num_heads, **kwargs):
+    def __init__(self, hidden_size, num_heads, qk_norm=False, **kwargs):
         check_positive_int("hidden_size", hidden_size)
         check_positive_int("num_heads", num_heads)
+        check_bool("qk_norm", qk_norm)
         if hidden_size % num_heads:
             raise ValueError(f"`hidden_size` ({hidden_size}) must be divisible by `num_heads` ({num_heads}).")
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.num_heads = num_heads
+        self.qk_norm = qk_norm
         init = self.kernel_initializer
         self.qkv = keras.layers.Dense(3 * hidden_size, kernel_initializer=init, dtype=self.dtype_policy, name="qkv")
         self.proj = keras.layers.Dense(hidden_size, kernel_initializer=init, dtype=self.dtype_policy, name="proj")
+        self.q_norm = self.k_norm = None
+        if qk_norm:
+            self.q_norm, self.k_norm = (
+                keras.layers.LayerNormalization(epsilon=QK_NORM_EPSILON, dtype=self.dtype_policy, name=name)
+                for name in ("q_norm", "k_norm")
+            )
 
     def build(self, input_shape):
         self.qkv.build(input_shape)
         self.proj.build(input_shape)
+        if self.qk_norm:
+            head_shape = (None, None, self.num_heads, self.hidden_size // self.num_heads)
+            self.q_norm.build(head_shape)
+            self.k_norm.build(head_shape)
 
     def call(self, x):
         tokens = x.shape[1]
@@ -304,11 +322,18 @@ class Attention(keras.layers.Layer):
         qkv = ops.reshape(fused.dense(self.qkv, x), (-1, tokens, 3, self.num_heads, head_dim))
         # `unstack`, not three slices: on PyTorch each slice's gradient is a zero-filled full-size buffer.
         q, k, v = ops.unstack(qkv, num=3, axis=2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         out = fused.dot_product_attention(q, k, v)
         return fused.dense(self.proj, ops.reshape(out, (-1, tokens, self.hidden_size)))
 
     def get_config(self):
-        return {**super().get_config(), "hidden_size": self.hidden_size, "num_heads": self.num_heads}
+        return {
+            **super().get_config(),
+            "hidden_size": self.hidden_size,
+            "num_heads": self.num_heads,
+            "qk_norm": self.qk_norm,
+        }
 
 
 @keras.saving.register_keras_serializable(package="keras_sit")
@@ -349,16 +374,18 @@ class SiTBlock(keras.layers.Layer):
 
     `adaLN_modulation` maps `SiLU(c)` to six `D`-chunks in the official order
     shift/scale/gate for attention, then shift/scale/gate for the MLP. Its
-    weights start at zero, so a fresh block is the identity.
+    weights start at zero, so a fresh block is the identity. `qk_norm`: see
+    `Attention`.
     """
 
-    def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, **kwargs):
+    def __init__(self, hidden_size, num_heads, mlp_ratio=4.0, qk_norm=False, **kwargs):
         check_number("mlp_ratio", mlp_ratio, low=0.0, include_low=False)
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.mlp_ratio = mlp_ratio
-        self.attn = Attention(hidden_size, num_heads, dtype=self.dtype_policy, name="attn")
+        self.qk_norm = qk_norm
+        self.attn = Attention(hidden_size, num_heads, qk_norm, dtype=self.dtype_policy, name="attn")
         self.mlp = MLP(hidden_size, int(hidden_size * mlp_ratio), dtype=self.dtype_policy, name="mlp")
         self.adaLN_modulation = keras.layers.Dense(6 * hidden_size, dtype=self.dtype_policy, name="adaLN_modulation")
 
@@ -382,6 +409,7 @@ class SiTBlock(keras.layers.Layer):
             "hidden_size": self.hidden_size,
             "num_heads": self.num_heads,
             "mlp_ratio": self.mlp_ratio,
+            "qk_norm": self.qk_norm,
         }
 
 

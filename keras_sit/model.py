@@ -55,7 +55,7 @@ class SiT(TrainingMixin, SamplingMixin, keras.Model):
     Args:
         input_shape, input_dim, patch_size, hidden_size, depth, num_heads,
             mlp_ratio, num_classes, class_dropout_prob, learn_sigma,
-            time_embedding_scale, interval_embedding: the architecture, see
+            time_embedding_scale, interval_embedding, qk_norm: the architecture, see
             `SiTBackbone` (`num_layers` is an alias of `depth`).
             `interval_embedding=None` gives the network a second time `r`
             when the primary objective needs one (`MeanFlow`), else none.
@@ -100,6 +100,7 @@ class SiT(TrainingMixin, SamplingMixin, keras.Model):
         learn_sigma=_ARCH["learn_sigma"],
         time_embedding_scale=_ARCH["time_embedding_scale"],
         interval_embedding=None,
+        qk_norm=_ARCH["qk_norm"],
         num_layers=None,
         path=_PATH["path"],
         prediction=_PATH["prediction"],

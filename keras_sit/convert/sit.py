@@ -43,12 +43,14 @@ from keras_sit.validation import resolve_depth_alias
 _INFERRED = ("patch_size", "hidden_size", "depth", "mlp_ratio")
 
 
-def _official_variables(backbone):
-    """`(key, variable, kind)` for every official key, in PyTorch's order.
+def sit_variables(backbone):
+    """`(key, variable, kind)` for every key of the official SiT layout, in PyTorch's order.
 
-    `kind` says how the official array maps onto the Keras variable:
-    "dense" (transpose), "patch" (conv weight), "position" (leading 1) or
-    "plain" (biases and the label table, as is).
+    REPA's SiT uses the same keys (plus its projectors, and timm's
+    `attn.q_norm`/`attn.k_norm` when `qk_norm`). `kind` says how the PyTorch
+    array maps onto the Keras variable: "dense" (transpose), "patch" (conv
+    weight), "position" (leading 1) or "plain" (biases, norms and the label
+    table, as is).
     """
     items = [("pos_embed", backbone.patch_embedding.position_embedding, "position")]
     projection = backbone.patch_embedding.projection
@@ -60,12 +62,18 @@ def _official_variables(backbone):
     def dense(prefix, layer):
         return [(f"{prefix}.weight", layer.kernel, "dense"), (f"{prefix}.bias", layer.bias, "plain")]
 
+    def norm(prefix, layer):
+        return [(f"{prefix}.weight", layer.gamma, "plain"), (f"{prefix}.bias", layer.beta, "plain")]
+
     items += dense("t_embedder.mlp.0", backbone.time_embedding.dense_in)
     items += dense("t_embedder.mlp.2", backbone.time_embedding.dense_out)
     if backbone.label_embedding is not None:
         items.append(("y_embedder.embedding_table.weight", backbone.label_embedding.embedding.embeddings, "plain"))
     for i, block in enumerate(backbone.blocks):
         items += dense(f"blocks.{i}.attn.qkv", block.attn.qkv)
+        if block.attn.qk_norm:
+            items += norm(f"blocks.{i}.attn.q_norm", block.attn.q_norm)
+            items += norm(f"blocks.{i}.attn.k_norm", block.attn.k_norm)
         items += dense(f"blocks.{i}.attn.proj", block.attn.proj)
         items += dense(f"blocks.{i}.mlp.fc1", block.mlp.fc1)
         items += dense(f"blocks.{i}.mlp.fc2", block.mlp.fc2)
@@ -73,6 +81,29 @@ def _official_variables(backbone):
     items += dense("final_layer.linear", backbone.final_layer.linear)
     items += dense("final_layer.adaLN_modulation.1", backbone.final_layer.adaLN_modulation)
     return items
+
+
+def to_torch_layout(value, kind, patch_size, channels):
+    """A Keras variable's value (NumPy) in the PyTorch layout of its `kind` (see `sit_variables`)."""
+    value = np.asarray(value, dtype=np.float32)
+    if kind == "dense":
+        value = value.T
+    elif kind == "patch":  # (p*p*C, D) -> (D, C, p, p)
+        value = value.reshape(patch_size, patch_size, channels, -1).transpose(3, 2, 0, 1)
+    elif kind == "position":
+        value = value[None]
+    return np.ascontiguousarray(value)
+
+
+def from_torch_layout(value, kind, patch_size, channels):
+    """The inverse of `to_torch_layout`."""
+    if kind == "dense":
+        return value.T
+    if kind == "patch":
+        return value.transpose(2, 3, 1, 0).reshape(patch_size * patch_size * channels, -1)
+    if kind == "position":
+        return value[0]
+    return value
 
 
 def export_official_state_dict(sit):
@@ -88,18 +119,16 @@ def export_official_state_dict(sit):
         raise TypeError(f"`sit` must be a keras_sit SiT or SiTBackbone; got {type(sit).__name__}.")
     if len(backbone.data_shape) != 3:
         raise ValueError("`sit` works on vectors (input_dim); the official layout exists only for images.")
+    if backbone.qk_norm:
+        raise ValueError(
+            "`sit` normalises queries and keys (qk_norm=True), which the official SiT cannot: "
+            "`keras_sit.convert.export_repa_state_dict` writes REPA's layout, which can."
+        )
     p, channels = backbone.patch_size, backbone.data_shape[2]
-    state = {}
-    for key, variable, kind in _official_variables(backbone):
-        value = np.asarray(ops.convert_to_numpy(variable), dtype=np.float32)
-        if kind == "dense":
-            value = value.T
-        elif kind == "patch":  # (p*p*C, D) -> (D, C, p, p)
-            value = value.reshape(p, p, channels, -1).transpose(3, 2, 0, 1)
-        elif kind == "position":
-            value = value[None]
-        state[key] = np.ascontiguousarray(value)
-    return state
+    return {
+        key: to_torch_layout(ops.convert_to_numpy(variable), kind, p, channels)
+        for key, variable, kind in sit_variables(backbone)
+    }
 
 
 def _load(source):
@@ -108,13 +137,43 @@ def _load(source):
         source = read_checkpoint(source, allowed_globals=[argparse.Namespace])
     if not isinstance(source, dict):
         raise TypeError(f"`source` must be a path to a .pt file or a state dict; got {type(source).__name__}.")
+    arguments = source.get("args")
     for wrapper in ("ema", "model"):  # a train.py checkpoint; sampling uses the EMA weights, as upstream
         if isinstance(source.get(wrapper), dict):
             source = source[wrapper]
             break
-    if source and all(str(key).startswith("module.") for key in source):  # saved from DistributedDataParallel
-        source = {key[len("module.") :]: value for key, value in source.items()}
+    source = strip_data_parallel_prefix(source)
+    if is_repa_checkpoint(source, arguments):
+        raise ValueError(
+            "`source` is a REPA checkpoint (projectors, q/k norms, decoder blocks or REPA's training "
+            "arguments): REPA's SiT runs in keras_sit's time, not the official one. Load it with "
+            "`keras_sit.convert.import_repa_checkpoint`."
+        )
     return float32_arrays(source)
+
+
+def strip_data_parallel_prefix(state):
+    """`state` without the `module.` prefix that DistributedDataParallel puts on every key."""
+    if state and all(str(key).startswith("module.") for key in state):
+        return {key[len("module.") :]: value for key, value in state.items()}
+    return state
+
+
+REPA_KEY_MARKS = ("projectors.", "decoder_blocks.", ".attn.q_norm.", ".attn.k_norm.")
+REPA_ARGUMENTS = ("encoder_depth", "proj_coeff", "enc_type")
+
+
+def is_repa_checkpoint(state, arguments=None):
+    """Whether a state dict (and `train.py` arguments) come from REPA rather than the official SiT.
+
+    REPA's keys are the official ones plus its projectors, timm's q/k norms
+    and, in its legacy layout, decoder blocks; its `train.py` stores
+    arguments that the official one has not. A REPA state dict stripped of
+    all of these has the official keys and cannot be told apart.
+    """
+    if any(mark in str(key) for key in state for mark in REPA_KEY_MARKS):
+        return True
+    return arguments is not None and any(hasattr(arguments, name) for name in REPA_ARGUMENTS)
 
 
 def _shape(state, key, ndim):
@@ -244,7 +303,7 @@ def import_official_checkpoint(source, input_channels=None, **overrides):
                 state[f"final_layer.linear.{suffix}"] = state[f"final_layer.linear.{suffix}"][keep]
 
     sit = SiT(**{**overrides, **config, "time_embedding_scale": 1, "time_convention": "official"})
-    expected = _official_variables(sit.backbone)
+    expected = sit_variables(sit.backbone)
     missing = sorted({key for key, _, _ in expected} - set(state))
     unexpected = sorted(set(state) - {key for key, _, _ in expected})
     if missing or unexpected:
@@ -253,13 +312,7 @@ def import_official_checkpoint(source, input_channels=None, **overrides):
         )
     p = config["patch_size"]
     for key, variable, kind in expected:
-        value = state[key]
-        if kind == "dense":
-            value = value.T
-        elif kind == "patch":
-            value = value.transpose(2, 3, 1, 0).reshape(p * p * channels, -1)
-        elif kind == "position":
-            value = value[0]
+        value = from_torch_layout(state[key], kind, p, channels)
         if tuple(value.shape) != tuple(variable.shape):
             raise ValueError(f"`source[{key!r}]` has shape {state[key].shape}, which does not fit the inferred SiT.")
         variable.assign(value)
