@@ -129,7 +129,7 @@ class LatentSiT(SiT):
 
     @classmethod
     def from_sit(cls, sit, autoencoder, latent_mean=None, latent_std=None, latent_statistics=None):
-        """A `LatentSiT` with `sit`'s configuration and weights (e.g. an imported official checkpoint).
+        """A `LatentSiT` with `sit`'s configuration and weights, its objectives' too (e.g. an imported checkpoint).
 
         `latent_mean` and `latent_std`, or `latent_statistics`, as in
         `LatentSiT`: the normalisation of the latents `sit` was trained on
@@ -149,6 +149,8 @@ class LatentSiT(SiT):
             **config,
         )
         model.backbone.set_weights(sit.backbone.get_weights())
+        for objective, source in zip(model.objectives, sit.objectives):  # e.g. REPA's projectors
+            objective.set_weights(source.get_weights())
         return model
 
     @property

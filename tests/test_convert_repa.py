@@ -9,7 +9,12 @@ import pytest
 import torch
 
 import keras_sit
-from keras_sit.convert import export_repa_state_dict, import_official_checkpoint, import_repa_checkpoint
+from keras_sit.convert import (
+    export_repa_state_dict,
+    import_official_checkpoint,
+    import_repa_checkpoint,
+    repa_sampling_options,
+)
 from tests.conftest import to_numpy
 from tests.reference_repa import legacy_layout, random_repa_model
 
@@ -217,3 +222,39 @@ def test_what_the_file_cannot_tell_is_a_named_argument(tmp_path):
     official["final_layer.linear.bias"] = torch.cat([official["final_layer.linear.bias"]] * 2)
     with pytest.raises(ValueError, match="import_official_checkpoint"):
         import_repa_checkpoint(official, num_heads=4)
+
+
+def test_sample_repa_example_writes_pngs_and_the_adm_npz(tmp_path):
+    """The example end to end: a tiny REPA-format checkpoint, a tiny diffusers autoencoder, generate.py's flags."""
+    from PIL import Image
+
+    from tests.test_examples import diffusers_autoencoder, load
+
+    path, _, _ = write_variant(tmp_path / "repa.pt", "bare")  # 8x8x4 latents
+    vae = str(diffusers_autoencoder(tmp_path / "vae"))  # downsamples by 2: 16 px images
+    load("sample_repa").main([
+        "--ckpt", str(path), "--encoder-depth", "2", "--num-heads", "4", "--vae", vae, "--mode", "sde",
+        "--num-steps", "3", "--cfg-scale", "1.8", "--guidance-high", "0.7", "--num-fid-samples", "3",
+        "--per-proc-batch-size", "2", "--sample-dir", str(tmp_path / "samples"),
+    ])  # fmt: skip
+    folder = tmp_path / "samples" / "repa-size-16-cfg-1.8-seed-0-sde-3"
+    pngs = sorted(folder.glob("*.png"))
+    assert [p.name for p in pngs] == ["000000.png", "000001.png", "000002.png"]
+    with np.load(str(folder) + ".npz") as npz:
+        images = npz["arr_0"]
+    assert images.shape == (3, 16, 16, 3) and images.dtype == np.uint8
+    np.testing.assert_array_equal(np.asarray(Image.open(pngs[2])), images[2])
+
+
+def test_repa_sampling_options_follow_generate_py_flags():
+    assert repa_sampling_options() == {"sampler": "euler", "num_steps": 50, "cfg_scale": 1.5}
+    assert repa_sampling_options("ode", 10, heun=True, cfg_scale=1.0) == {"sampler": "heun-euler-last", "num_steps": 10}
+    sde = repa_sampling_options("sde", 250, cfg_scale=1.8, guidance_high=0.7)
+    assert sde == {
+        "sampler": "sde-euler", "num_steps": 249, "diffusion": "linear", "last_step": "mean", "last_step_size": 0.04,
+        "cfg_scale": 1.8, "guidance_interval": (0.0, 0.7),
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="cfg_scale"):
+        repa_sampling_options(cfg_scale=0.5)
+    with pytest.raises(ValueError, match="mode"):
+        repa_sampling_options("flow")

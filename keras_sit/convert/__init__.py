@@ -9,7 +9,7 @@ PyTorch pickles into NumPy without running pickled code.
 from keras_sit.convert.autoencoder import export_autoencoder_state_dict, import_autoencoder
 from keras_sit.convert.dinov2 import import_dinov2 as import_dinov2
 from keras_sit.convert.inception import import_fid_inception as import_fid_inception
-from keras_sit.convert.repa import export_repa_state_dict, import_repa_checkpoint
+from keras_sit.convert.repa import export_repa_state_dict, import_repa_checkpoint, repa_sampling_options
 from keras_sit.convert.sit import export_official_state_dict, import_official_checkpoint
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "import_autoencoder",
     "import_official_checkpoint",
     "import_repa_checkpoint",
+    "repa_sampling_options",
 ]

@@ -13,7 +13,9 @@ plus `projectors.{k}.{0,2,4}` and `blocks.{i}.attn.{q,k}_norm`.
 `SiT` (`time_convention="keras_sit"`, `time_embedding_scale=1`, no flip of
 time or sign) whose projectors become the weights of a
 `RepresentationAlignment` objective, so that training can go on with
-alignment; `export_repa_state_dict` writes a `SiT` back in REPA's layout.
+alignment; `export_repa_state_dict` writes a `SiT` back in REPA's layout;
+`repa_sampling_options` turns the flags of REPA's `generate.py` into
+`generate` arguments that sample as it does.
 Files are read without running pickled code (`read_checkpoint`): a
 `train.py` checkpoint's `args` (an `argparse.Namespace`) is rebuilt by
 torch's weights-only unpickler as plain data.
@@ -127,6 +129,44 @@ def export_repa_state_dict(sit):
     if backbone.null_class is None:
         state[table] = np.concatenate([state[table], np.zeros((1, state[table].shape[1]), np.float32)])
     return state
+
+
+def repa_sampling_options(mode="ode", num_steps=50, heun=False, cfg_scale=1.5, guidance_low=0.0, guidance_high=1.0):
+    """`generate` arguments that sample as REPA's `generate.py` does with these flags (its defaults).
+
+    - `--mode ode`: Euler on `num_steps` uniform steps from t = 1 to 0; with
+      `--heun`, Heun with a plain Euler last step (`"heun-euler-last"`,
+      `2 num_steps - 1` model calls).
+    - `--mode sde`: Euler-Maruyama from t = 1 to 0.04 in `num_steps - 1`
+      steps with diffusion `w(t) = t` (REPA's `compute_diffusion` is `2 t`
+      in its `g^2` form), then a noiseless mean step to 0.
+    - `--cfg-scale` > 1 guides every latent channel where `guidance_low <=
+      t <= guidance_high` (the step's start time), with the model's null
+      class (REPA's code hard-codes 1000, ImageNet's).
+    """
+    check_choice("mode", mode, ("ode", "sde"))
+    check_positive_int("num_steps", num_steps)
+    if mode == "sde":
+        if num_steps < 2:
+            raise ValueError(
+                f"`num_steps` must be at least 2 for mode 'sde' (its last step is apart); got {num_steps}."
+            )
+        options = {
+            "sampler": "sde-euler",
+            "num_steps": num_steps - 1,
+            "diffusion": "linear",
+            "last_step": "mean",
+            "last_step_size": 0.04,
+        }
+    else:
+        options = {"sampler": "heun-euler-last" if heun else "euler", "num_steps": num_steps}
+    if cfg_scale < 1.0:
+        raise ValueError(f"`cfg_scale` must be at least 1, as REPA's generate.py asks; got {cfg_scale!r}.")
+    if cfg_scale > 1.0:
+        options["cfg_scale"] = float(cfg_scale)
+        if (guidance_low, guidance_high) != (0.0, 1.0):
+            options["guidance_interval"] = (float(guidance_low), float(guidance_high))
+    return options
 
 
 # --- reading -----------------------------------------------------------------------------------

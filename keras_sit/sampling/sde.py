@@ -181,7 +181,7 @@ class SDESchedule:
         return diffusion_coefficient(self.settings.diffusion, t, self.transport, self.settings.diffusion_norm)
 
     def last_step(self, velocity_and_score, x):
-        t_last = self.lo * ops.ones((x.shape[0],), x.dtype)
+        t_last = time_vector(self.lo, x)  # the batch size may be unknown while tracing
         return sde_last_step(
             self.settings.last_step,
             velocity_and_score,
