@@ -41,13 +41,15 @@ def endpoint_error(method, steps, path, z):
 
 def test_registry_declares_the_built_in_samplers():
     assert sampling.sampler_names() == (
-        "euler", "midpoint", "heun", "rk4", "ab2", "dopri5", "sde-euler", "sde-heun", "mean-flow",
+        "euler", "midpoint", "heun", "rk4", "ab2", "heun-euler-last", "dopri5", "sde-euler", "sde-heun", "mean-flow",
     )  # fmt: skip
-    assert sampling.sampler_names(reversible=True) == ("euler", "midpoint", "heun", "rk4", "ab2", "dopri5")
+    assert sampling.sampler_names(reversible=True) == (
+        "euler", "midpoint", "heun", "rk4", "ab2", "heun-euler-last", "dopri5",
+    )  # fmt: skip
     declared = {name: sampling.get_sampler(name) for name in sampling.sampler_names()}
     assert {name: s.calls_per_step for name, s in declared.items()} == {
-        "euler": 1, "midpoint": 2, "heun": 2, "rk4": 4, "ab2": 1, "dopri5": 6, "sde-euler": 1, "sde-heun": 2,
-        "mean-flow": 1,
+        "euler": 1, "midpoint": 2, "heun": 2, "rk4": 4, "ab2": 1, "heun-euler-last": 2, "dopri5": 6, "sde-euler": 1,
+        "sde-heun": 2, "mean-flow": 1,
     }  # fmt: skip
     assert [name for name, s in declared.items() if s.average_velocity] == ["mean-flow"]
     assert [name for name, s in declared.items() if s.stateful] == ["ab2"]
@@ -145,7 +147,7 @@ def test_options_are_keyword_only_and_checked_per_call(rng):
         model.encode(x, diffusion="SBDM")
     with pytest.raises(TypeError, match=r"`guidance_channels` does not apply to `log_likelihood`"):
         model.log_likelihood(x, guidance_channels=1)
-    reversible = r"\('euler', 'midpoint', 'heun', 'rk4', 'ab2', 'dopri5'\); got 'sde-heun'"
+    reversible = r"\('euler', 'midpoint', 'heun', 'rk4', 'ab2', 'heun-euler-last', 'dopri5'\); got 'sde-heun'"
     with pytest.raises(ValueError, match=f"`sampler` must be one of {reversible}"):
         model.encode(x, sampler="sde-heun")
     with pytest.raises(ValueError, match=f"`sampler` must be one of {reversible}"):

@@ -2,8 +2,8 @@
 
 - `registry`: `Sampler` (what a method is and how it steps), `Problem`, and
   `register_sampler` / `get_sampler` / `sampler_names`.
-- `ode`: the fixed-step methods (`euler`, `midpoint`, `heun`, `rk4`, `ab2`)
-  and `integrate_ode`; `adaptive`: `dopri5`; `sde`: the reverse SDE;
+- `ode`: the fixed-step methods (`euler`, `midpoint`, `heun`, `rk4`, `ab2`,
+  `heun-euler-last`) and `integrate_ode`; `adaptive`: `dopri5`; `sde`: the reverse SDE;
   `mean_flow`: `mean-flow`, MeanFlow's one- or few-step jumps.
 - `likelihood`: `log_likelihood` under the probability-flow ODE.
 - `settings`: `SamplingSettings`, the one declaration of the options.
@@ -22,6 +22,7 @@ from keras_sit.sampling.ode import (
     Euler,
     FixedStepSampler,
     Heun,
+    HeunEulerLast,
     Midpoint,
     integrate_ode,
     ode_nfe,
@@ -62,6 +63,7 @@ __all__ = [
     "EulerMaruyama",
     "FixedStepSampler",
     "Heun",
+    "HeunEulerLast",
     "MeanFlowSampler",
     "Midpoint",
     "Problem",

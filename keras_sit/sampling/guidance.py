@@ -5,7 +5,7 @@ from keras import ops
 from keras_sit.paths import per_example, time_vector
 
 
-def guide(model, x_t, t, labels, cfg_scale, guidance_channels=None, guidance_interval=None, r=None):
+def guide(model, x_t, t, labels, cfg_scale, guidance_channels=None, guidance_interval=None, r=None, guidance_t=None):
     """`model`'s guided prediction at `(x_t, t)` on checked arguments (`SiT.guided_output` checks them).
 
     `labels` may hold the null class: the loops' unconditional case. With
@@ -14,6 +14,9 @@ def guide(model, x_t, t, labels, cfg_scale, guidance_channels=None, guidance_int
     `guidance_channels` (all if None), where `t` lies in `guidance_interval`.
     `r`, for a network with an interval embedding, is the start of the
     interval (the prediction is then the average velocity over `[r, t]`).
+    `guidance_t`, if given, is the time tested against `guidance_interval`
+    instead of `t`: a Heun corrector at `t` guided as its step's start
+    (`"heun-euler-last"`, as REPA).
     """
     t = time_vector(ops.convert_to_tensor(t), x_t)
     times = {"t": t} if r is None else {"t": t, "r": time_vector(ops.convert_to_tensor(r), x_t)}
@@ -33,7 +36,8 @@ def guide(model, x_t, t, labels, cfg_scale, guidance_channels=None, guidance_int
         guided = ops.concatenate([guided[..., :guidance_channels], cond[..., guidance_channels:]], axis=-1)
     if guidance_interval is not None:
         lo, hi = guidance_interval
-        inside = ops.logical_and(t >= lo, t <= hi)
+        tested = t if guidance_t is None else time_vector(ops.convert_to_tensor(guidance_t), x_t)
+        inside = ops.logical_and(tested >= lo, tested <= hi)
         guided = ops.where(per_example(inside, guided), guided, cond)
     return guided
 
@@ -49,16 +53,24 @@ def conditional_and_unconditional(model, inputs, labels):
     return ops.split(both, 2, axis=0)
 
 
-def _guided_output(model, settings, labels, x, t):
-    return guide(model, x, t, labels, settings.cfg_scale, settings.guidance_channels, settings.guidance_interval)
+def _guided_output(model, settings, labels, x, t, guidance_t=None):
+    options = (settings.cfg_scale, settings.guidance_channels, settings.guidance_interval)
+    return guide(model, x, t, labels, *options, guidance_t=guidance_t)
 
 
 def guided_drift(model, settings, labels):
-    """The probability-flow drift `v(x, t)`, guided as `settings` say."""
+    """The probability-flow drift `v(x, t, guidance_t=None)`, guided as `settings` say.
 
-    def drift(x, t):
-        return model.transport.to_velocity(_guided_output(model, settings, labels, x, t), x, t, settings.clip_data)
+    `guidance_t`, if given, is the time at which `guidance_interval` is
+    tested instead of `t`; the drift is marked `takes_guidance_time` so that
+    a sampler passes it only to drifts that take it.
+    """
 
+    def drift(x, t, guidance_t=None):
+        output = _guided_output(model, settings, labels, x, t, guidance_t)
+        return model.transport.to_velocity(output, x, t, settings.clip_data)
+
+    drift.takes_guidance_time = True
     return drift
 
 

@@ -8,6 +8,8 @@ JAX, a `tf.while_loop` on TensorFlow, a Python loop on PyTorch.
 
 A method is a `FixedStepSampler`: `update` for a one-step method, or
 `init_state` and `step` for one that carries state (e.g. `AdamsBashforth2`).
+A method whose steps differ along the grid (e.g. `HeunEulerLast`, whose last
+step is Euler) overrides `grid_step`, `integrate` and `nfe` instead.
 """
 
 from keras import ops
@@ -29,6 +31,25 @@ class FixedStepSampler(Sampler):
     def step(self, drift, x, state, t, h, i):
         """Step `i`: `(x, state)` at `t + h`. One-step methods keep `state` as it is."""
         return self.update(drift, x, t, h), state
+
+    def nfe(self, num_steps):
+        """Drift evaluations of a whole `num_steps`-step solve."""
+        return self.calls_per_step * num_steps
+
+    def grid_step(self, drift, carry, i, num_steps, t_start, t_end):
+        """Step `i` (an int or int tensor) of the `num_steps`-step grid: `carry = (x, state)` after it."""
+        x, state = carry
+        h = (t_end - t_start) / num_steps
+        t = time_vector(t_start + ops.cast(i, "float32") * h, x)
+        return self.step(drift, x, state, t, h, i)
+
+    def integrate(self, drift, x, num_steps, t_start, t_end):
+        """`x` after all `num_steps` steps from `t_start` to `t_end`, as one `ops.fori_loop`."""
+
+        def body(i, carry):
+            return self.grid_step(drift, carry, i, num_steps, t_start, t_end)
+
+        return ops.fori_loop(0, num_steps, body, (x, self.init_state(x)))[0]
 
     def solve(self, problem, x, noise):
         x = integrate_ode(problem.drift, x, problem.num_steps, self, problem.t_start, problem.t_end)
@@ -60,6 +81,58 @@ class Heun(FixedStepSampler):
         k1 = drift(x, t)
         k2 = drift(x + h * k1, t + h)
         return x + 0.5 * h * (k1 + k2)
+
+
+class HeunEulerLast(FixedStepSampler):
+    """Heun on every step but the last, which is Euler: `2 N - 1` model calls for `N` steps.
+
+    REPA's ODE sampler with `--heun` (its `euler_sampler(heun=True)`): as in
+    EDM, whose drift is undefined at the data end, the last step keeps the
+    predictor alone, so no model call is made at `t = 0`.
+    As in REPA, classifier-free guidance of a step's corrector is decided by
+    the step's start time `t` rather than by `t + h`: a drift marked
+    `takes_guidance_time` (the model's guided drift) is called as
+    `drift(x, t + h, guidance_t=t)`; any other drift as `drift(x, t + h)`.
+    """
+
+    name, order, calls_per_step = "heun-euler-last", 2, 2
+
+    def update(self, drift, x, t, h):
+        """One Heun step; its corrector is guided (or not) as at `t`."""
+        k1 = drift(x, t)
+        x_euler = x + h * k1
+        if getattr(drift, "takes_guidance_time", False):
+            k2 = drift(x_euler, t + h, guidance_t=t)
+        else:
+            k2 = drift(x_euler, t + h)
+        return x + 0.5 * h * (k1 + k2)
+
+    def euler(self, drift, x, t, h):
+        """The last step: Euler, one drift evaluation."""
+        return x + h * drift(x, t)
+
+    def nfe(self, num_steps):
+        return 2 * num_steps - 1
+
+    def grid_step(self, drift, carry, i, num_steps, t_start, t_end):
+        (x, state), h = carry, (t_end - t_start) / num_steps
+        t = time_vector(t_start + ops.cast(i, "float32") * h, x)
+        last = ops.equal(i, num_steps - 1)
+        x = ops.cond(last, lambda: self.euler(drift, x, t, h), lambda: self.update(drift, x, t, h))
+        return x, state
+
+    def integrate(self, drift, x, num_steps, t_start, t_end):
+        h = (t_end - t_start) / num_steps
+
+        def body(i, x):
+            return self.update(drift, x, time_vector(t_start + ops.cast(i, "float32") * h, x), h)
+
+        x = ops.fori_loop(0, num_steps - 1, body, x)
+        return self.euler(drift, x, time_vector(t_start + ops.cast(num_steps - 1, "float32") * h, x), h)
+
+    def advance(self, problem, carry, z, i, n):
+        carry = ode_step(problem.drift, carry, i, problem.num_steps, self, problem.t_start, problem.t_end)
+        return carry, 2 - ops.cast(ops.equal(i, problem.num_steps - 1), "int32")
 
 
 class RK4(FixedStepSampler):
@@ -104,7 +177,7 @@ def ode_nfe(method, num_steps):
     """Number of drift evaluations of a fixed-step ODE solve."""
     sampler = fixed_step_sampler(method)
     check_positive_int("num_steps", num_steps)
-    return sampler.calls_per_step * num_steps
+    return sampler.nfe(num_steps)
 
 
 def ode_step(drift, carry, i, num_steps, method="euler", t_start=1.0, t_end=0.0):
@@ -114,30 +187,21 @@ def ode_step(drift, carry, i, num_steps, method="euler", t_start=1.0, t_end=0.0)
     time, e.g. to show progress or keep the trajectory; the first carry is
     `(x, sampler.init_state(x))`.
     """
-    sampler = fixed_step_sampler(method)
-    x, state = carry
-    h = (t_end - t_start) / num_steps
-    t = time_vector(t_start + ops.cast(i, "float32") * h, x)
-    return sampler.step(drift, x, state, t, h, i)
+    return fixed_step_sampler(method).grid_step(drift, carry, i, num_steps, t_start, t_end)
 
 
 def integrate_ode(drift, x, num_steps, method="euler", t_start=1.0, t_end=0.0, reverse=False):
     """Fixed-step solve of `dx/dt = drift(x, t)` from `t_start` to `t_end`.
 
     `method` is a registered fixed-step method (`"euler"`, `"midpoint"`,
-    `"heun"`, `"rk4"`, `"ab2"`, ...) or a `FixedStepSampler`; the cost is
+    `"heun"`, `"heun-euler-last"`, `"rk4"`, `"ab2"`, ...) or a `FixedStepSampler`; the cost is
     `ode_nfe(method, num_steps)` drift evaluations. `reverse=True` runs from
     `t_end` to `t_start` instead: with the defaults, data to noise (encoding).
     """
     sampler = fixed_step_sampler(method)
     check_positive_int("num_steps", num_steps)
     t_start, t_end = interval(t_start, t_end, reverse)
-    x = ops.convert_to_tensor(x)
-
-    def body(i, carry):
-        return ode_step(drift, carry, i, num_steps, sampler, t_start, t_end)
-
-    return ops.fori_loop(0, num_steps, body, (x, sampler.init_state(x)))[0]
+    return sampler.integrate(drift, ops.convert_to_tensor(x), num_steps, t_start, t_end)
 
 
 def interval(t_start, t_end, reverse):
@@ -145,5 +209,5 @@ def interval(t_start, t_end, reverse):
     return (t_end, t_start) if reverse else (t_start, t_end)
 
 
-for _sampler in (Euler(), Midpoint(), Heun(), RK4(), AdamsBashforth2()):
+for _sampler in (Euler(), Midpoint(), Heun(), RK4(), AdamsBashforth2(), HeunEulerLast()):
     register_sampler(_sampler)

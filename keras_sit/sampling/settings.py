@@ -38,7 +38,8 @@ class SamplingSettings:
     sampler: str = option(
         "euler",
         "the method, a registered name (`keras_sit.sampling.sampler_names()`): ODE `'euler'`, "
-        "`'midpoint'`, `'heun'`, `'rk4'`, `'ab2'` (Adams-Bashforth), adaptive `'dopri5'` (with `atol`, "
+        "`'midpoint'`, `'heun'`, `'rk4'`, `'ab2'` (Adams-Bashforth), `'heun-euler-last'` (Heun with an "
+        "Euler last step, REPA's `--heun`), adaptive `'dopri5'` (with `atol`, "
         "`rtol`, `adaptive_control`), SDE `'sde-euler'` (Euler-Maruyama), `'sde-heun'`, and `'mean-flow'` "
         "(one call a step over the average velocity), the default of a model trained with `MeanFlow`. "
         "`encode` and `log_likelihood` take the reversible (ODE) ones.",
@@ -47,7 +48,8 @@ class SamplingSettings:
     num_steps: int = option(
         50,
         "solver steps; each costs the sampler's `calls_per_step` model calls (plus the SDE's last "
-        "step). Unused by `'dopri5'`, except that step by step it solves `num_steps` equal segments.",
+        "step; `'heun-euler-last'`'s last step costs one). Unused by `'dopri5'`, except that step by "
+        "step it solves `num_steps` equal segments.",
     )
     cfg_scale: float = option(1.0, "classifier-free guidance scale; 1 disables guidance.", _GUIDED)
     guidance_channels: int | None = option(
