@@ -196,8 +196,8 @@ class SiT(TrainingMixin, SamplingMixin, keras.Model):
         # the target and the loss are computed from float32 data.
         return "float32"
 
-    def _check_inputs(self, x, labels, symbolic_build=False):
-        check_data(x, self.data_shape, "x")
+    def _check_inputs(self, x, labels, symbolic_build=False, traced=False):
+        check_data(x, self.data_shape, "x", static=traced)
         if self.num_classes is None:
             if labels is not None:
                 raise ValueError(
@@ -226,7 +226,8 @@ class SiT(TrainingMixin, SamplingMixin, keras.Model):
         """The primary objective's forward pass: the draws, the prediction, its target and what the objectives read."""
         x, labels = split_inputs(inputs, self.extra_inputs)
         # Keras' symbolic build of a model calls it on the raw `x` of a batch.
-        self._check_inputs(x, labels, symbolic_build=isinstance(x, keras.KerasTensor))
+        symbolic = isinstance(x, keras.KerasTensor)
+        self._check_inputs(x, labels, symbolic_build=symbolic, traced=not symbolic)
         x = ops.cast(x, "float32")
         if self.num_classes is None:
             labels = None

@@ -179,13 +179,23 @@ def check_per_example(name, value, batch):
         raise ValueError(f"`{name}` must be a scalar or have shape ({batch},), one per example; got shape {shape}.")
 
 
-def check_data(x, data_shape, name):
-    """`x` is `[B, *data_shape]` (any batch size) of real numbers."""
+def check_data(x, data_shape, name, static=False):
+    """`x` is `[B, *data_shape]` (any batch size) of real numbers.
+
+    An unknown size (None) passes, as in a dataset's spec, unless `static`:
+    a traced training step (TensorFlow's graph) needs every size but the
+    batch's, and gets None when the batches of its input differ in shape.
+    """
     shape = shape_of(x)
     kind = "images (batch, height, width, channels)" if len(data_shape) == 3 else "vectors (batch, dim)"
+    expected = ", ".join(map(str, data_shape))
     if len(shape) != len(data_shape) + 1 or any(s is not None and s != d for s, d in zip(shape[1:], data_shape)):
-        expected = ", ".join(map(str, data_shape))
         raise ValueError(f"`{name}` must be {kind} of shape (batch, {expected}); got shape {shape}.")
+    if static and None in shape[1:]:
+        raise ValueError(
+            f"`{name}` must be {kind} of shape (batch, {expected}); got shape {shape}: the batches of the "
+            "input differ in shape, or it does not declare their shape."
+        )
     check_real_dtype(name, x)
 
 

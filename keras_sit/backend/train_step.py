@@ -11,14 +11,17 @@ user's, untouched.
 Keras documents overriding `train_step` per backend ("Customizing what
 happens in `fit()`"); the steps below follow Keras 3.15's and read its private
 `_compute_loss`, `_loss_tracker`, (JAX) `_update_metrics_variables` and
-(TensorFlow) `_symbolic_build`, and writes `_initial_epoch` (`set_initial_epoch`),
-the only such uses in keras_sit's training.
+(TensorFlow) `_symbolic_build`, and writes `_initial_epoch` (`set_initial_epoch`);
+on JAX, `values_kept_on_error` reads and restores the variables' `_value` and
+Keras' `_jax_state`. These are the only such uses in keras_sit's training.
 In a job of several processes, the PyTorch step averages the gradients over
 the processes (as DDP), and two steps of Keras' TensorFlow trainer that fail
 under the multi-worker strategy are restated (`per_worker_logs`,
 `symbolic_build`). `tests/test_step_guard.py` checks
 that good training gives the same weights as Keras' own step.
 """
+
+import contextlib
 
 import keras
 
@@ -156,3 +159,55 @@ def _apply_if_finite(optimizer, gradients, variables):
     applied = update_is_finite(gradients)
     apply_if(applied, optimizer.apply, (list(gradients), variables), list(variables) + list(optimizer.variables))
     return applied
+
+
+@contextlib.contextmanager
+def values_kept_on_error(model):
+    """A `fit`/`evaluate` that raises leaves the model, and what it shares, able to sample, save and train.
+
+    - Keras' JAX trainer moves every value (the model's, an autoencoder's
+      that it holds, the optimizer's and the metrics') into the jitted state
+      at the first step and reattaches them when the epoch ends. An error in
+      between, such as a batch refused while the step is traced, would leave
+      the model, and any layer it shares with another model, without values.
+      The values at the start are kept by reference (JAX arrays are
+      immutable; a step that runs donates them, and Keras then holds the
+      newer state, which wins); a metric made during the call restarts from
+      zero.
+    - On every backend the optimizer is built first, as `fit` would, and a
+      call that raises drops the traced step functions: TensorFlow refuses
+      to create the optimizer's variables in a `tf.function` whose first
+      trace raised.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    jax = keras.backend.backend() == "jax"
+    kept = {id(variable): variable._value for variable in _jax_state_variables(model)} if jax else {}
+    try:
+        yield
+    except BaseException:
+        model.train_function = model.test_function = None
+        if jax:
+            _reattach(model, kept)
+        raise
+
+
+def _reattach(model, kept):
+    """Give the variables Keras' JAX trainer detached their latest values, else those in `kept`."""
+    import jax.numpy as jnp
+
+    if getattr(model, "_jax_state", None) and not getattr(model, "_jax_state_synced", True):
+        model.jax_state_sync()
+    for variable in _jax_state_variables(model):
+        if variable._value is None:
+            value = kept.get(id(variable))
+            usable = value is not None and not value.is_deleted()
+            variable._value = value if usable else jnp.zeros(variable.shape, variable.dtype)
+
+
+def _jax_state_variables(model):
+    """The variables whose values Keras' JAX trainer moves into its state: model, optimizer, metrics."""
+    optimizer = getattr(model, "optimizer", None)
+    optimizer_variables = optimizer.variables if optimizer is not None else []
+    return list({id(v): v for v in [*model.variables, *optimizer_variables, *model.metrics_variables]}.values())

@@ -19,7 +19,7 @@ from keras import ops
 
 from keras_sit import backend
 from keras_sit.backend import fused, processes
-from keras_sit.backend.train_step import guarded_train_step, per_worker_logs, symbolic_build
+from keras_sit.backend.train_step import guarded_train_step, per_worker_logs, symbolic_build, values_kept_on_error
 from keras_sit.distribution import feeds
 from keras_sit.training import ema, step_guard
 from keras_sit.training.optimizers import AdamW
@@ -121,7 +121,7 @@ class TrainingMixin:
         processes.synchronize_variables(self.variables)
         keeper = ema.KeepTrainingWeights()
         callbacks = [keeper.restorer, step_guard.StopOnBadStep(), *(kwargs.pop("callbacks", None) or []), keeper]
-        with self.training_record.checking("fit"), _lost_peers_named():
+        with self.training_record.checking("fit"), _lost_peers_named(), values_kept_on_error(self):
             return super().fit(x, y, *args, validation_data=validation_data, callbacks=callbacks, **kwargs)
 
     def _process_feeds(self, x, y, args, kwargs, validation_data):
@@ -154,17 +154,16 @@ class TrainingMixin:
         """`keras.Model.evaluate`; a batch with NaN, Inf or labels outside
         `[0, num_classes)` raises a `ValueError` naming it."""
         self._check_fit_data(x, y)
-        with self.evaluation_record.checking("evaluate"):
+        with self.evaluation_record.checking("evaluate"), values_kept_on_error(self):
             return super().evaluate(x, y, *args, **kwargs)
 
     def _check_fit_data(self, x, y):
         """Check arrays, tensors and `tf.data` element specs before Keras starts.
 
-        On JAX a `ValueError` raised while the train step is traced leaves the
-        model's variables detached (Keras has moved them into the jitted
-        state), so bad data must be caught before `fit`/`evaluate` begin.
-        Other inputs (generators, `PyDataset`, `DataLoader`) are checked in
-        the step itself.
+        Bad data is best refused before Keras starts. Other inputs
+        (generators, `PyDataset`, `DataLoader`) are checked in the step
+        itself; on JAX, `values_kept_on_error` then gives the
+        variables back the values Keras detached for the step.
         """
         x, y = element_spec_inputs(x, y, self.extra_inputs)
         if hasattr(x, "shape") and hasattr(x, "dtype"):
