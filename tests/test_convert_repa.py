@@ -258,3 +258,20 @@ def test_repa_sampling_options_follow_generate_py_flags():
         repa_sampling_options(cfg_scale=0.5)
     with pytest.raises(ValueError, match="mode"):
         repa_sampling_options("flow")
+
+
+def test_an_imported_model_trains_on_with_alignment(tmp_path):
+    path, _, _ = write_variant(tmp_path / "repa.pt", "two_projectors")
+    sit = import_repa_checkpoint(path, num_heads=4)
+    alignment = sit.objectives[1]
+    before = [to_numpy(w) for w in alignment.weights]
+    rng = np.random.default_rng(0)
+    batch = {
+        "x": rng.standard_normal((2, 8, 8, 4)).astype("float32"),
+        "dinov2_vit_b": rng.standard_normal((2, 16, 24)).astype("float32"),
+        "clip_vit_L": rng.standard_normal((2, 16, 16)).astype("float32"),
+    }
+    sit.compile()
+    history = sit.fit(batch, np.array([0, 3], "int32"), epochs=1, verbose=0)
+    assert np.isfinite(history.history["alignment"][0])  # the term of both projectors, logged apart
+    assert all(not np.array_equal(to_numpy(w), b) for w, b in zip(alignment.weights, before, strict=True))
