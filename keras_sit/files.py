@@ -42,10 +42,16 @@ def replacing(path):
     rename is atomic, and unique, so concurrent writers (every host of a multi-host
     run saving the same checkpoint) never write into each other's file. On an
     error it is removed and `path` is left as it was; after a success, those left
-    by writers on this host that were killed are removed too.
+    by writers on this host that were killed are removed too. A `path` that is a
+    folder, or whose folder does not exist, raises before anything is written.
     """
+    given = os.fspath(path)
     path = os.path.realpath(path)  # through a symlink: replace its target, keep the link
     directory, name = os.path.split(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{given!r} is a folder; a file was expected there.")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"The folder of {given!r} does not exist ({directory!r}): create it first.")
     partial_directory = tempfile.mkdtemp(prefix=_partial_prefix(name) + f"{os.getpid()}-", dir=directory)
     try:
         partial = os.path.join(partial_directory, name)

@@ -33,11 +33,26 @@ complete) and `shard-00000/` ... each holding
 Shard `k` holds the readable examples among the source's `k * shard_size
 ... (k + 1) * shard_size - 1`, in order, so a shard with skipped images is
 shorter.
+
+What the cache was written from is recorded in `cache.json`, so that it is
+never resumed, or returned as complete, from anything else: the
+autoencoder's configuration and weights' SHA-256, each teacher's, the
+settings, and a fingerprint of the source (`source_fingerprint`,
+`"source_sha256"`). A cache written before sources were fingerprinted has no
+`"source_sha256"`: `LatentDataset` reads it, but `write_latent_cache`
+refuses to resume or rewrite it, as it cannot tell whether the source is
+the same. Every image is checked as it is read (uint8 `[S, S, 3]`, an
+integer label) and every shard's latents and features are checked to be
+finite before the shard is written, so a bad image or a NaN-producing model
+stops the cache with an error naming the images, before that shard, and
+`cache.json` is not marked complete.
 """
 
+import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 
 import keras
@@ -45,8 +60,9 @@ import numpy as np
 
 from keras_sit.autoencoders.base import Autoencoder
 from keras_sit.backend import processes
-from keras_sit.files import PARTIAL_SUFFIX, write_atomically, write_synced
-from keras_sit.images import UnreadableImageError
+from keras_sit.files import PARTIAL_SUFFIX, REMOTE_PATH, write_atomically, write_synced
+from keras_sit.fingerprint import arrays_fingerprint
+from keras_sit.images import ArrayImages, ImageFolder, UnreadableImageError
 from keras_sit.latent_features import (
     resolve_teachers,
     save_batches,
@@ -64,6 +80,7 @@ ON_ERROR = ("raise", "skip")
 FLOAT_DTYPES = ("float32", "float16")
 # Plan entries present only in a cache with teacher features.
 FEATURE_PLAN_KEYS = ("teachers", "feature_dtype")
+SHARD_NAME = re.compile(r"shard-\d{5}$")
 
 
 def write_latent_cache(
@@ -83,13 +100,20 @@ def write_latent_cache(
     Args:
         source: an `ImageFolder`, an `ArrayImages`, or anything with `len`,
             indexing that gives `(uint8 [S, S, 3] image, label)` (label -1
-            for none) and an `image_size`. Indexing may raise an
-            `UnreadableImageError` for an item that cannot be read.
+            for none, else a class index below `len(class_names)` where the
+            source has `class_names`) and an `image_size`. Indexing may
+            raise an `UnreadableImageError` for an item that cannot be read.
+            Every item is checked as it is read. Its fingerprint
+            (`source_fingerprint`) is recorded.
         autoencoder: a `keras_sit.autoencoders.Autoencoder`, e.g. a
             `keras_sit.AutoencoderKL`.
-        directory: where the cache goes. If it holds a finished or partial
-            cache of the same source, autoencoder and teachers, only missing
-            shards are written; a cache of something else raises.
+        directory: a local folder, where the cache goes. If it holds a
+            finished or partial cache of the same source (by fingerprint),
+            autoencoder (configuration and weights) and teachers, with the
+            same settings, only missing shards are written; a cache of
+            anything else, one written without a source fingerprint, and
+            shard folders without a `cache.json` raise a `ValueError` that
+            says what differs, and nothing is written.
         shard_size: examples per shard.
         batch_size: images per `encode_distribution` call (each is encoded
             with its mirror, so the autoencoder sees twice as many; the
@@ -121,14 +145,24 @@ def write_latent_cache(
     Returns:
         The cache's description (`cache.json`), statistics included:
         `num_examples` counts the source's images, `num_cached` the examples
-        stored; with teachers, `features` gives each one's token shape
-        `[N, C]` and dtype.
+        stored, `source_sha256` is the source's fingerprint and
+        `autoencoder_weights_sha256` the autoencoder's; with teachers,
+        `features` gives each one's token shape `[N, C]` and dtype.
+
+    Raises:
+        TypeError, ValueError: a bad argument, or a source item that is no
+            `(uint8 [S, S, 3] image, int label)` pair, each named; a
+            `directory` that is a file, or holds a cache of something else;
+            latents or tokens that are not finite (NaN or infinity, or
+            beyond float16), naming the images, before their shard is
+            written.
     """
     if not isinstance(autoencoder, Autoencoder):
         raise TypeError(
             "`autoencoder` must be a keras_sit.autoencoders.Autoencoder (such as keras_sit.AutoencoderKL); "
             f"got {type(autoencoder).__name__}."
         )
+    directory = _check_directory(directory)
     check_positive_int("shard_size", shard_size)
     check_positive_int("batch_size", batch_size)
     check_choice("dtype", dtype, FLOAT_DTYPES)
@@ -140,16 +174,22 @@ def write_latent_cache(
     for name, teacher in teachers.items():
         if isinstance(teacher, keras.layers.Layer):
             processes.check_process_local(teacher, f"teachers[{name!r}]")
-    num_examples = len(source)
+    num_examples = _source_length(source)
     if num_examples == 0:
         raise ValueError("`source` holds no images.")
+    class_names = _class_names(source)
+    # The first readable item, checked before anything is written; it gives the image size where the source has none.
+    first = _first_readable(source)
+    image_size = _image_size(source, first)
+    _check_item(first[1], first[0], image_size, len(class_names))
     plan = {
         "format": FORMAT_VERSION,
         "num_examples": num_examples,
         "shard_size": int(shard_size),
-        "image_size": _image_size(source, on_error),
+        "image_size": image_size,
         "dtype": dtype,
-        "class_names": list(getattr(source, "class_names", None) or []),
+        "class_names": class_names,
+        "source_sha256": source_fingerprint(source, first),
         "autoencoder": autoencoder.identity_config(),
         "autoencoder_weights_sha256": autoencoder.weights_fingerprint(),
     }
@@ -157,34 +197,46 @@ def write_latent_cache(
         plan["teachers"] = {name: teacher_identity(teacher) for name, teacher in teachers.items()}
         plan["feature_dtype"] = feature_dtype
     plan = json.loads(json.dumps(plan))
-    os.makedirs(directory, exist_ok=True)
-    existing = _read_json(directory)
+    existing = _read_json(directory) if os.path.isdir(directory) else None
     if existing is not None:
         _check_resumable(directory, existing, plan)
-    elif processes.process_index() == 0:
+    elif _shard_folders(directory):
+        raise ValueError(
+            f"`directory` {directory!r} holds latent cache shards ({', '.join(_shard_folders(directory)[:3])}, ...) "
+            f"but no {CACHE_FILE}, so what they were written from is unknown: delete them, or use a new directory."
+        )
+    created = not os.path.exists(directory)
+    os.makedirs(directory, exist_ok=True)
+    if existing is None and processes.process_index() == 0:
         _write_json(directory, plan)
     num_shards = -(-num_examples // shard_size)
     # In a job of several processes each writes every `count`-th shard; the chief shows the progress.
     index, count = processes.process_index(), processes.process_count()
     mine = [shard for shard in range(num_shards) if shard % count == index]
     progress = keras.utils.Progbar(len(mine), verbose=verbose if index == 0 else 0, unit_name="shard")
-    for step, shard in enumerate(mine, 1):
-        start, stop = shard * shard_size, min((shard + 1) * shard_size, num_examples)
-        if not os.path.isdir(shard_path(directory, shard)):
-            _write_shard(
-                source,
-                autoencoder,
-                teachers,
-                directory,
-                shard,
-                range(start, stop),
-                batch_size,
-                (dtype, feature_dtype),
-                plan["image_size"],
-                on_error,
-                verbose,
-            )
-        progress.update(step)
+    try:
+        for step, shard in enumerate(mine, 1):
+            start, stop = shard * shard_size, min((shard + 1) * shard_size, num_examples)
+            if not os.path.isdir(shard_path(directory, shard)):
+                _write_shard(
+                    source,
+                    autoencoder,
+                    teachers,
+                    directory,
+                    shard,
+                    range(start, stop),
+                    batch_size,
+                    (dtype, feature_dtype),
+                    (image_size, len(class_names)),
+                    on_error,
+                    verbose,
+                )
+            progress.update(step)
+    except Exception:
+        # A lone writer that made the folder and refused (or failed) before its first shard leaves no trace.
+        if created and count == 1 and not _shard_folders(directory):
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
     processes.barrier()  # every shard is written
     skipped = [record for shard in range(num_shards) for record in _read_skipped(directory, shard)]
     num_cached = sum(_shard_length(directory, shard) for shard in range(num_shards))
@@ -206,8 +258,30 @@ def write_latent_cache(
     return description
 
 
+# What each plan entry records, for the refusal of a cache of something else: the argument, and what differs.
+_PLAN_WORDS = {
+    "source_sha256": ("source", "other images, labels or files (its fingerprint differs)"),
+    "num_examples": ("source", "another number of images"),
+    "image_size": ("source", "another image size"),
+    "class_names": ("source", "other class names"),
+    "autoencoder": ("autoencoder", "another configuration"),
+    "autoencoder_weights_sha256": ("autoencoder", "other weights (their SHA-256 differs)"),
+    "shard_size": ("shard_size", None),
+    "dtype": ("dtype", None),
+    "feature_dtype": ("feature_dtype", None),
+    "format": (None, None),
+}
+
+
 def _check_resumable(directory, existing, plan):
-    """Raise unless the cache in `directory` was written with this plan (the same source, models and settings)."""
+    """Raise unless the cache in `directory` was written with this plan (the same source, models and settings).
+
+    The `ValueError` names each argument that differs and how. A cache that
+    records no source fingerprint (written before sources were
+    fingerprinted) is refused too: whether `source` is the one it holds
+    cannot be told, and a cache is never resumed or completed from another
+    source. `LatentDataset` still reads such a cache.
+    """
     differences = teacher_differences(existing.get("teachers"), plan.get("teachers"))
     if differences:
         raise ValueError(
@@ -215,33 +289,190 @@ def _check_resumable(directory, existing, plan):
             + ", ".join(differences)
             + ". Give the same teachers, or use a new directory."
         )
-    keys = {*plan, *FEATURE_PLAN_KEYS}
-    if {key: existing.get(key) for key in keys} != {key: plan.get(key) for key in keys}:
+    keys = [key for key in _PLAN_WORDS if key in plan or key in FEATURE_PLAN_KEYS]
+    if "source_sha256" not in existing:
+        keys.remove("source_sha256")
+    differences = []
+    for key in keys:
+        saved, given = existing.get(key), plan.get(key)
+        if saved != given:
+            argument, words = _PLAN_WORDS[key]
+            if argument is None:
+                differences.append(f"the cache's format is {saved!r}, where this version writes {given!r}")
+            elif words:
+                differences.append(f"`{argument}` has {words}")
+            else:
+                differences.append(f"`{argument}` is {given!r} where the cache has {saved!r}")
+    if differences:
         raise ValueError(
-            f"`directory` {directory!r} holds a latent cache of another source, autoencoder or setting; "
-            "use a new directory (or delete it)."
+            f"`directory` {directory!r} holds a latent cache of another source, autoencoder or setting: "
+            + "; ".join(dict.fromkeys(differences))
+            + ". Use a new directory (or delete it)."
+        )
+    if "source_sha256" not in existing:
+        raise ValueError(
+            f"`directory` {directory!r} holds a latent cache that records no fingerprint of its source, so whether "
+            "`source` is the one it was written from cannot be checked: it is not resumed or rewritten. "
+            "`LatentDataset` still reads it if it is complete; to write a cache of `source`, use a new directory."
         )
 
 
-def _image_size(source, on_error):
+def _check_directory(directory):
+    """`directory` as a str: a local path that is no file (it may not exist yet)."""
+    if not isinstance(directory, (str, os.PathLike)) or not isinstance(os.fspath(directory), str):
+        raise TypeError(f"`directory` must be a folder path (a str or os.PathLike); got {type(directory).__name__}.")
+    directory = os.fspath(directory)
+    if REMOTE_PATH.match(directory):
+        raise ValueError(
+            f"`directory` {directory!r} must be a local folder: a latent cache is written atomically and memory-mapped."
+        )
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"`directory` {directory!r} is a file; a folder for the latent cache was expected.")
+    return directory
+
+
+def _shard_folders(directory):
+    """The names of the shard folders in `directory` (none if it does not exist)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(entry.name for entry in os.scandir(directory) if SHARD_NAME.match(entry.name) and entry.is_dir())
+
+
+def _source_length(source):
+    """`len(source)`, for a source that is a sequence of `(image, label)` pairs."""
+    if isinstance(source, np.ndarray):
+        raise TypeError(
+            "`source` is a NumPy array; wrap uint8 images [N, S, S, 3] as `keras_sit.latents.ArrayImages(images, "
+            "labels)`."
+        )
+    if isinstance(source, (str, bytes, os.PathLike, dict)) or not (
+        hasattr(source, "__len__") and hasattr(source, "__getitem__")
+    ):
+        raise TypeError(
+            "`source` must be an ImageFolder, an ArrayImages, or a sequence of (uint8 [S, S, 3] image, label) pairs; "
+            f"got {type(source).__name__}"
+            + (" (wrap a folder of images as `ImageFolder(root, image_size)`)." if isinstance(source, str) else ".")
+        )
+    return len(source)
+
+
+def _class_names(source):
+    """The source's `class_names` as a list of str (empty where it has none)."""
+    names = getattr(source, "class_names", None)
+    if names is None:
+        return []
+    if isinstance(names, (str, bytes)) or not all(isinstance(name, str) for name in names):
+        raise TypeError(f"`source.class_names` must be a list of str, or None; got {names!r}.")
+    return list(names)
+
+
+def _first_readable(source):
+    """`(index, item)` of the first item of `source` that reads; a source of unreadable images only raises."""
+    for index in range(len(source)):
+        try:
+            return index, source[index]
+        except UnreadableImageError:
+            continue  # `on_error` decides when its shard is written
+    raise ValueError(f"No image of `source` could be read ({len(source)} tried): the cache would be empty.")
+
+
+def _image_size(source, first):
     """The side of the source's images: its `image_size`, else that of its first readable image."""
     size = getattr(source, "image_size", None)
     if size is not None:
+        check_positive_int("source.image_size", size)
         return int(size)
-    for index in range(len(source)):
-        try:
-            return int(source[index][0].shape[0])
-        except UnreadableImageError:
-            if on_error == "raise":
-                raise
-    raise ValueError(f"No image of `source` could be read ({len(source)} tried).")
+    index, item = first
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        _check_item(item, index, 1, 0)  # raises, naming what the item is
+    shape = np.shape(item[0])
+    if len(shape) != 3 or shape[0] != shape[1] or shape[0] == 0:
+        raise ValueError(f"`source[{index}]` must give a square RGB image [S, S, 3]; got shape {shape}.")
+    return int(shape[0])
+
+
+def _check_item(item, index, image_size, num_classes):
+    """`source[index]` as `(uint8 [S, S, 3] image, int label)`; anything else raises, naming the item.
+
+    A label is -1 (none) or a class index, below `num_classes` where the
+    source names its classes (`num_classes` > 0).
+    """
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        got = f"{type(item).__name__} of shape {np.shape(item)}" if isinstance(item, np.ndarray) else repr(item)[:80]
+        raise TypeError(f"`source[{index}]` must be an (image, label) pair; got {got}.")
+    image, label = item
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise TypeError(f"`source[{index}]` must give a uint8 image (0..255); got dtype {image.dtype}.")
+    if image.shape != (image_size, image_size, 3):
+        raise ValueError(
+            f"`source[{index}]` must give an RGB image of shape ({image_size}, {image_size}, 3), the source's image "
+            f"size; got shape {image.shape}."
+        )
+    label_array = np.asarray(label)
+    if label_array.ndim != 0 or label_array.dtype.kind not in "iu":
+        raise TypeError(f"`source[{index}]` must give an int label (-1 for none); got {label!r}.")
+    label = int(label_array)
+    if label < -1 or (num_classes and label >= num_classes):
+        classes = f"0..{num_classes - 1} (its {num_classes} class names)" if num_classes else "0, 1, ..."
+        raise ValueError(f"`source[{index}]` must give a label of -1 (none) or a class in {classes}; got {label}.")
+    return image, label
+
+
+def source_fingerprint(source, first=None):
+    """A SHA-256 (hex) that identifies `source`'s images and labels, as `cache.json` records it (`"source_sha256"`).
+
+    - `ImageFolder`: the relative paths of its files in order, their sizes
+      in bytes and their labels, and the image size; no pixel is read, so
+      it is cheap for millions of files. An image rewritten with the same
+      size in bytes is not told apart.
+    - `ArrayImages`: the bytes, dtype and shape of its images and of its
+      labels.
+    - any other source: its `fingerprint()`, where it has one (a str that
+      changes when its images or labels do); else its class name, length,
+      image size, class names, and the pixels and labels of its first
+      readable and of its last item. Give a source whose other items may
+      change a `fingerprint()`.
+    """
+    digest = hashlib.sha256()
+    if isinstance(source, ImageFolder):
+        digest.update(f"ImageFolder;{source.image_size};".encode())
+        for path, label in source.files:
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                size = -1  # gone: read (and raised or skipped) as unreadable
+            relative = os.path.relpath(path, source.root).replace(os.sep, "/")
+            digest.update(f"{relative}\0{size}\0{label}\n".encode())
+    elif isinstance(source, ArrayImages):
+        digest.update(f"ArrayImages;{arrays_fingerprint(source.images, source.labels)}".encode())
+    elif callable(getattr(source, "fingerprint", None)):
+        value = source.fingerprint()
+        if not isinstance(value, str):
+            raise TypeError(f"`source.fingerprint()` must return a str; got {type(value).__name__}.")
+        digest.update(f"{type(source).__qualname__};fingerprint;{value}".encode())
+    else:
+        first = _first_readable(source) if first is None else first
+        names = getattr(source, "class_names", None)
+        digest.update(f"{type(source).__qualname__};{len(source)};{getattr(source, 'image_size', None)};".encode())
+        digest.update(f"{list(names or [])};".encode())
+        for index in dict.fromkeys((first[0], len(source) - 1)):
+            try:
+                item = source[index] if index != first[0] else first[1]
+            except UnreadableImageError as error:
+                digest.update(f"{index};unreadable;{error.path};".encode())
+                continue
+            pair = isinstance(item, (tuple, list)) and len(item) == 2  # anything else is refused when it is read
+            image, label = item if pair else (item, None)
+            digest.update(f"{index};{label!r};{arrays_fingerprint(np.asarray(image))};".encode())
+    return digest.hexdigest()
 
 
 def _readable(source, indices, on_error, skipped, verbose):
-    """The `(image, label)` pairs of `indices`; unreadable ones raise, or are appended to `skipped`."""
+    """The `(index, item)` of `indices`; unreadable ones raise, or are appended to `skipped`."""
     for index in indices:
         try:
-            yield source[index]
+            item = source[index]
         except UnreadableImageError as error:
             if on_error == "raise":
                 raise
@@ -249,33 +480,50 @@ def _readable(source, indices, on_error, skipped, verbose):
             if verbose:
                 below_progress_bar = "\n" if verbose == 1 else ""
                 print(f"{below_progress_bar}Skipped the unreadable image {error.path!r}: {error.reason}")
+            continue
+        yield index, item
 
 
 def _write_shard(
-    source, autoencoder, teachers, directory, shard, indices, batch_size, dtypes, image_size, on_error, verbose
+    source, autoencoder, teachers, directory, shard, indices, batch_size, dtypes, image, on_error, verbose
 ):
+    """Encode `source[indices]` and write them as shard `shard`, atomically; checked before anything is written.
+
+    Every item is checked (`_check_item`), and the stored latents and
+    features must be finite in their stored dtype: otherwise nothing of the
+    shard is written and a `ValueError` names the images.
+    """
     dtype, feature_dtype = dtypes
-    stored, labels, skipped = {}, [], []  # file name -> batches of `[n, 2, h, w, c]`
+    image_size, num_classes = image
+    stored, labels, kept, skipped = {}, [], [], []  # file name -> batches of `[n, 2, h, w, c]`
     features = {name: [] for name in teachers}  # teacher name -> batches of `[n, 2, N, C]`
-    pairs = _readable(source, indices, on_error, skipped, verbose)
-    while batch := list(itertools.islice(pairs, batch_size)):
-        pixels = np.stack([image for image, _ in batch])
+    items = _readable(source, indices, on_error, skipped, verbose)
+    checked = ((index, *_check_item(item, index, image_size, num_classes)) for index, item in items)
+    while batch := list(itertools.islice(checked, batch_size)):
+        pixels = np.stack([image for _, image, _ in batch])
         images = to_float(pixels)
         both = np.concatenate([images, images[:, :, ::-1]], axis=0)  # the images, then their mirrors
         n = len(batch)
-        for name, array in autoencoder.encode_distribution(both).cache_arrays().items():
+        for name, array in _cache_arrays(autoencoder, both, [index for index, _, _ in batch]).items():
             stored.setdefault(name, []).append(np.stack([array[:n], array[n:]], axis=1))
         for name, teacher in teachers.items():
             features[name].append(teacher_features(name, teacher, pixels, feature_dtype))
-        labels.extend(label for _, label in batch)
+        labels.extend(label for _, _, label in batch)
+        kept.extend(index for index, _, _ in batch)
     if not stored:  # every image of the shard skipped: empty arrays of what the autoencoder and teachers store
         blank = np.zeros((1, image_size, image_size, 3), "uint8")
         arrays = autoencoder.encode_distribution(to_float(blank)).cache_arrays()
-        stored = {name: [np.zeros((0, 2, *array.shape[1:]), "float32")] for name, array in arrays.items()}
+        stored = {name: [np.zeros((0, 2, *np.shape(array)[1:]), "float32")] for name, array in arrays.items()}
         features = {
             name: [teacher_features(name, teacher, blank, feature_dtype)[:0]] for name, teacher in teachers.items()
         }
-    arrays = {name: np.concatenate(batches).astype(dtype) for name, batches in stored.items()}
+    with np.errstate(over="ignore"):  # values beyond float16 become infinite, and are reported below
+        arrays = {name: np.concatenate(batches).astype(dtype) for name, batches in stored.items()}
+    where = f"shard {shard} (images {indices[0]}..{indices[-1]} of `source`)"
+    for name, array in arrays.items():
+        _check_finite(array, kept, "`autoencoder`", f"latents ({name})", dtype, "dtype", where)
+    for name, batches in features.items():
+        _check_finite(batches, kept, f"`teachers` entry {name!r}", "tokens", feature_dtype, "feature_dtype", where)
     # Per channel: count, sum and sum of squares of the means, and the sum of the variances (0 without `std`).
     values = arrays["mean"].astype("float64").reshape(-1, arrays["mean"].shape[-1])
     variances = np.zeros_like(values)
@@ -296,27 +544,96 @@ def _write_shard(
     os.rename(partial, final)  # atomic: the shard appears whole or not at all
 
 
+def _cache_arrays(autoencoder, both, indices):
+    """`autoencoder.encode_distribution(both).cache_arrays()` as NumPy, checked: a `mean`, one row per image."""
+    arrays = autoencoder.encode_distribution(both).cache_arrays()
+    if not isinstance(arrays, dict) or "mean" not in arrays:
+        raise ValueError(
+            f"`autoencoder`'s `cache_arrays()` must give a dict with a 'mean' array; got {type(arrays).__name__}"
+            + (f" with keys {sorted(arrays)}." if isinstance(arrays, dict) else ".")
+        )
+    arrays = {name: np.asarray(keras.ops.convert_to_numpy(array)) for name, array in arrays.items()}
+    for name, array in arrays.items():
+        if array.ndim < 2 or len(array) != len(both) or array.shape != arrays["mean"].shape:
+            raise ValueError(
+                f"`autoencoder` gave {name!r} of shape {array.shape} for {len(both)} images (images {indices[0]}.."
+                f"{indices[-1]} of `source` and their mirrors); one latent per image, all alike, was expected."
+            )
+    return arrays
+
+
+def _check_finite(arrays, indices, model, what, dtype, argument, where):
+    """Raise, naming the images, unless `arrays` (`[n, 2, ...]`, or batches of them) are finite.
+
+    `indices` are the source's indices of the rows, in order.
+    """
+    batches = arrays if isinstance(arrays, list) else [arrays]
+    flags = [~np.isfinite(batch).all(axis=tuple(range(1, batch.ndim))) for batch in batches]
+    bad = np.concatenate(flags) if flags else np.zeros(0, bool)
+    if not bad.any():
+        return
+    images = [int(index) for index, flag in zip(indices, bad) if flag]
+    listed = ", ".join(map(str, images[:8])) + (", ..." if len(images) > 8 else "")
+    reason = "NaN or infinity"
+    if dtype == "float16" and not any(np.isnan(batch).any() for batch in batches):
+        reason = f"infinity: float16 stores values beyond 65504 as infinite; `{argument}`='float32' holds them"
+    raise ValueError(
+        f"{model} gave {what} that are not finite ({reason}) for {len(images)} image(s) of `source`, "
+        f"index {listed}, in {where}: the shard is not written and the cache is left unfinished. "
+        "Check the model's weights and dtype, and these images."
+    )
+
+
 def _read_skipped(directory, shard):
-    """The images skipped in a shard, `[{"index", "path", "reason"}]`."""
-    path = os.path.join(shard_path(directory, shard), SKIPPED_FILE)
+    """The images skipped in a shard, `[{"index", "path", "reason"}]`; a damaged record raises, naming it."""
+    folder = shard_path(directory, shard)
+    path = os.path.join(folder, SKIPPED_FILE)
     if not os.path.exists(path):
         return []
-    with open(path) as file:
-        return json.load(file)
+    try:
+        with open(path, encoding="utf-8") as file:
+            records = json.load(file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path!r} is not valid JSON ({error}): {_damaged(folder)}") from error
+    if not isinstance(records, list) or not all(isinstance(r, dict) and "path" in r for r in records):
+        raise ValueError(f"{path!r} is not a list of skipped images: {_damaged(folder)}")
+    return records
+
+
+def _damaged(folder, how="damaged"):
+    return f"the shard is {how}; delete {folder!r} and run `write_latent_cache` again to rewrite it."
+
+
+def load_shard_array(directory, shard, name, mmap_mode=None):
+    """The array `name` (`mean`, `labels`, a teacher's name, ...) of shard `shard`, memory-mapped with `mmap_mode="r"`.
+
+    A missing file raises a `FileNotFoundError`, a damaged one (no NumPy
+    array file, truncated, objects) a `ValueError`, each naming the file.
+    """
+    folder = shard_path(directory, shard)
+    path = os.path.join(folder, f"{name}.npy")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"The latent cache in {directory!r} lacks {path!r}: {_damaged(folder, 'incomplete')}")
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:  # NumPy's "pickled data", a short file, a bad header
+        raise ValueError(
+            f"{path!r} cannot be read as a NumPy array of numbers (it is truncated or damaged): {_damaged(folder)}"
+        ) from error
 
 
 def _shard_length(directory, shard):
-    return len(np.load(os.path.join(shard_path(directory, shard), "labels.npy"), mmap_mode="r"))
+    return len(load_shard_array(directory, shard, "labels", "r"))
 
 
 def _stored_shape(directory, name):
     """The shape of one example's one flip of the array `name` (`[h, w, c]` latents, `[N, C]` tokens)."""
-    return list(np.load(os.path.join(shard_path(directory, 0), f"{name}.npy"), mmap_mode="r").shape[2:])
+    return list(load_shard_array(directory, 0, name, "r").shape[2:])
 
 
 def _statistics(directory, num_shards):
     """Per-channel mean and standard deviation of the cached latents (samples, both flips)."""
-    sums = sum(np.load(os.path.join(shard_path(directory, s), "sums.npy")) for s in range(num_shards))
+    sums = sum(load_shard_array(directory, s, "sums") for s in range(num_shards))
     count, total, squares, variances = sums
     mean = total / count
     # A sample's variance is the variance of the means plus the mean posterior variance.
@@ -330,11 +647,25 @@ def shard_path(directory, shard):
 
 
 def _read_json(directory):
+    """`cache.json` of `directory` as a dict, or None where there is none; a damaged one raises, naming it."""
     path = os.path.join(directory, CACHE_FILE)
     if not os.path.exists(path):
         return None
-    with open(path) as file:
-        return json.load(file)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path!r} is a folder; the latent cache's description is a file. Delete it, or the cache.")
+    try:
+        with open(path, encoding="utf-8") as file:
+            description = json.load(file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{path!r} is not valid JSON ({type(error).__name__}: {error}): the latent cache's description is "
+            "damaged or truncated. Delete the cache's folder and write it again."
+        ) from error
+    if not isinstance(description, dict):
+        raise ValueError(
+            f"{path!r} must hold a JSON object (a latent cache's description); it holds a {type(description).__name__}."
+        )
+    return description
 
 
 def _write_json(directory, content):
@@ -343,8 +674,30 @@ def _write_json(directory, content):
     )
 
 
+# What a complete `cache.json` must hold for `LatentDataset`, and the JSON type of each.
+_COMPLETE_KEYS = {
+    "num_shards": int,
+    "shard_size": int,
+    "latent_shape": list,
+    "statistics": dict,
+}
+
+
 def read_cache_description(directory):
-    """The `cache.json` of a finished cache; raises if the cache is missing or unfinished."""
+    """The `cache.json` of a finished cache; raises if the cache is missing, damaged or unfinished.
+
+    `directory` must be a folder: a missing one raises a `FileNotFoundError`,
+    a file, a folder without `cache.json`, a `cache.json` that is no JSON
+    object or lacks what a complete cache records, and an unfinished cache a
+    `ValueError`, each naming the folder or the file.
+    """
+    if not isinstance(directory, (str, os.PathLike)) or not isinstance(os.fspath(directory), str):
+        raise TypeError(f"`directory` must be a folder path (a str or os.PathLike); got {type(directory).__name__}.")
+    directory = os.fspath(directory)
+    if not os.path.exists(directory):
+        raise FileNotFoundError(f"`directory` {directory!r} does not exist: it holds no latent cache.")
+    if not os.path.isdir(directory):
+        raise ValueError(f"`directory` {directory!r} is a file; a latent cache is a folder with {CACHE_FILE}.")
     description = _read_json(directory)
     if description is None:
         raise ValueError(f"`directory` {directory!r} holds no latent cache ({CACHE_FILE} is missing).")
@@ -352,4 +705,14 @@ def read_cache_description(directory):
         raise ValueError(
             f"The latent cache in {directory!r} is unfinished: run `write_latent_cache` again to complete it."
         )
+    path = os.path.join(directory, CACHE_FILE)
+    for key, kind in _COMPLETE_KEYS.items():
+        value = description.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value <= 0):
+            raise ValueError(
+                f"{path!r} is damaged: a complete latent cache records {key!r} ({kind.__name__}); got {value!r}."
+            )
+    statistics = description["statistics"]
+    if not all(isinstance(statistics.get(key), list) for key in ("channel_mean", "channel_std")):
+        raise ValueError(f"{path!r} is damaged: its 'statistics' lack 'channel_mean' and 'channel_std' lists.")
     return description

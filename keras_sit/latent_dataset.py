@@ -5,7 +5,12 @@ It reads a cache written by `keras_sit.latent_cache.write_latent_cache`
 of the two flips at random and draws a latent from the stored posterior
 (where there is one). It can also yield the stored teacher features of the
 same flip, for an objective that reads them (REPA), and normalise the
-latents per channel with the cache's statistics.
+latents per channel with the cache's statistics. The cache is checked as it
+is opened: a missing, damaged or unfinished `cache.json`, and shard files
+that are missing, damaged or of other shapes than `cache.json` records,
+raise an error naming the file. It also exposes what the cache was written
+from (`autoencoder_fingerprint`, `autoencoder_config`,
+`source_fingerprint`), for a model to check its autoencoder against.
 """
 
 import os
@@ -16,7 +21,7 @@ import numpy as np
 from keras_sit.backend import processes
 from keras_sit.distribution import feeds
 from keras_sit.distribution.feeds import EpochOrder, process_rows
-from keras_sit.latent_cache import read_cache_description, shard_path
+from keras_sit.latent_cache import CACHE_FILE, load_shard_array, read_cache_description, shard_path
 from keras_sit.validation import check_bool, check_positive_int, check_seed
 
 
@@ -41,7 +46,9 @@ class LatentDataset(EpochOrder, keras.utils.PyDataset):
     process the same `seed` (with None the chief's random one is shared).
 
     Args:
-        directory: the cache.
+        directory: the cache, a folder written by `write_latent_cache`
+            (complete; a cache written before sources were fingerprinted is
+            read too).
         batch_size: examples per batch (the global batch in a job).
         shuffle: a fresh order every epoch (else the cache's order).
         flip: pick one of the two flips at random (else always the
@@ -92,6 +99,7 @@ class LatentDataset(EpochOrder, keras.utils.PyDataset):
         check_seed(seed)
         self.description = read_cache_description(directory)
         self.directory = directory
+        directory = os.fspath(directory)  # checked: a folder path
         self.batch_size, self.shuffle, self.flip, self.sample = int(batch_size), shuffle, flip, sample
         self.drop_remainder, self.normalize = drop_remainder, normalize
         self.features = _feature_names(features, self.description, directory)
@@ -102,21 +110,23 @@ class LatentDataset(EpochOrder, keras.utils.PyDataset):
         self._index, self._count = (processes.process_index(), processes.process_count()) if slices else (0, 1)
         if slices:
             feeds.process_batch_size(batch_size)
-        shards = [shard_path(directory, s) for s in range(self.description["num_shards"])]
-        means = [np.load(os.path.join(s, "mean.npy"), mmap_mode="r") for s in shards]
+        num_shards = self.description["num_shards"]
+        means = [load_shard_array(directory, s, "mean", "r") for s in range(num_shards)]
         # A deterministic autoencoder's cache has no `std`: its latents are the means.
-        self.stochastic = os.path.exists(os.path.join(shards[0], "std.npy"))
-        stds = [np.load(os.path.join(s, "std.npy"), mmap_mode="r") if self.stochastic else None for s in shards]
-        labels = np.concatenate([np.load(os.path.join(s, "labels.npy")) for s in shards])
+        self.stochastic = os.path.exists(os.path.join(shard_path(directory, 0), "std.npy"))
+        stds = [load_shard_array(directory, s, "std", "r") if self.stochastic else None for s in range(num_shards)]
+        labels = [load_shard_array(directory, s, "labels") for s in range(num_shards)]
+        features = {
+            name: [load_shard_array(directory, s, name, "r") for s in range(num_shards)] for name in self.features
+        }
+        _check_shards(directory, self.description, means, stds, labels, features)
+        labels = np.concatenate(labels)
         self.labels = None if np.all(labels < 0) else labels
         self.shard_size = self.description["shard_size"]
         # Shards are shorter than `shard_size` where images were skipped: index them by their starts.
         kept = [i for i, mean in enumerate(means) if len(mean)]
         self._means, self._stds = [means[i] for i in kept], [stds[i] for i in kept]
-        self._features = {
-            name: [np.load(os.path.join(shards[i], f"{name}.npy"), mmap_mode="r") for i in kept]
-            for name in self.features
-        }
+        self._features = {name: [arrays[i] for i in kept] for name, arrays in features.items()}
         lengths = [len(mean) for mean in self._means]
         self._starts = np.cumsum([0, *lengths[:-1]])
         self._num_examples = int(sum(lengths))
@@ -133,6 +143,29 @@ class LatentDataset(EpochOrder, keras.utils.PyDataset):
     @property
     def latent_shape(self):
         return tuple(self.description["latent_shape"])
+
+    @property
+    def autoencoder_fingerprint(self):
+        """The SHA-256 of the weights of the autoencoder the cache was encoded with (`cache.json`'s
+        `"autoencoder_weights_sha256"`), as `Autoencoder.weights_fingerprint()` gives it; None if not recorded.
+
+        A model trained on the cache decodes with an autoencoder: the same
+        fingerprint (and `autoencoder_config`) tells that it is the one.
+        """
+        return self.description.get("autoencoder_weights_sha256")
+
+    @property
+    def autoencoder_config(self):
+        """The configuration of the cache's autoencoder (`Autoencoder.identity_config()`); None if not recorded."""
+        return self.description.get("autoencoder")
+
+    @property
+    def source_fingerprint(self):
+        """The fingerprint of the images the cache was written from (`cache.json`'s `"source_sha256"`).
+
+        None for a cache written before sources were fingerprinted.
+        """
+        return self.description.get("source_sha256")
 
     @property
     def statistics(self):
@@ -211,6 +244,58 @@ def _feature_names(features, description, directory):
             f"{stored or 'none'}; got {list(names)}."
         )
     return names
+
+
+def _check_shards(directory, description, means, stds, labels, features):
+    """The shards' arrays have the shapes and dtypes `cache.json` records, or a `ValueError` names the file.
+
+    Each shard's `mean` (and `std`) is `[n, 2, *latent_shape]` floats,
+    `labels` `[n]` integers (-1 in every example, or in none), each feature
+    `[n, 2, N, C]` floats, and the shards hold `num_cached` examples in all.
+    Of the memory-mapped latents and features only the headers are read.
+    """
+    latent_shape = tuple(description["latent_shape"])
+    shapes = {name: tuple(entry["shape"]) for name, entry in (description.get("features") or {}).items()}
+
+    def fail(shard, name, expected, array):
+        path = os.path.join(shard_path(directory, shard), f"{name}.npy")
+        raise ValueError(
+            f"{path!r} holds {array.dtype} {tuple(array.shape)}, where {expected} was expected ({CACHE_FILE} records "
+            f"latents {list(latent_shape)}): the shard is damaged or from another cache; delete it and run "
+            "`write_latent_cache` again to rewrite it."
+        )
+
+    for shard, (mean, std, label) in enumerate(zip(means, stds, labels)):
+        n = len(label) if label.ndim == 1 else -1
+        if label.ndim != 1 or label.dtype.kind not in "iu":
+            fail(shard, "labels", "integer labels [n]", label)
+        for name, array in (("mean", mean), ("std", std)):
+            if array is not None and (array.shape != (n, 2, *latent_shape) or array.dtype.kind != "f"):
+                fail(shard, name, f"floats [{n}, 2, {', '.join(map(str, latent_shape))}]", array)
+        for name, arrays in features.items():
+            array = arrays[shard]
+            if array.shape != (n, 2, *shapes[name]) or array.dtype.kind != "f":
+                fail(shard, name, f"float tokens [{n}, 2, {', '.join(map(str, shapes[name]))}]", array)
+    total = sum(len(label) for label in labels)
+    recorded = description.get("num_cached", total)
+    if total != recorded:
+        raise ValueError(
+            f"The latent cache in {directory!r} holds {total} examples in its shards, but {CACHE_FILE} records "
+            f"{recorded}: shards are damaged or from another cache. Write the cache again in a new directory."
+        )
+    labelled = [bool(np.all(label >= 0)) for label in labels if len(label)]
+    unlabelled = [bool(np.all(label == -1)) for label in labels if len(label)]
+    if not (all(labelled) or all(unlabelled)):
+        raise ValueError(
+            f"The latent cache in {directory!r} mixes labelled examples with unlabelled ones (label -1) or holds "
+            "labels below -1: its `source` gave both. Write it again from a source that labels every image or none."
+        )
+    num_classes = len(description.get("class_names") or [])
+    if num_classes and all(labelled) and any(len(label) and label.max() >= num_classes for label in labels):
+        raise ValueError(
+            f"The latent cache in {directory!r} holds labels beyond its {num_classes} class names "
+            f"({CACHE_FILE}'s 'class_names')."
+        )
 
 
 def _normalization(statistics, directory):

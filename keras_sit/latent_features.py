@@ -113,7 +113,9 @@ def teacher_features(name, teacher, images, dtype):
     """The teacher's tokens of uint8 `images` `[n, S, S, 3]` and of their mirrors, `[n, 2, N, C]` in `dtype`.
 
     The teacher sees float32 images in 0..255, the images and their mirrors
-    in one call.
+    in one call. Tokens that are no real numbers raise a `TypeError` naming
+    the teacher; tokens beyond float16's range become infinite here, which
+    the cache's writer reports with the NaN it checks for.
     """
     images = np.asarray(images).astype("float32")
     both = np.concatenate([images, images[:, :, ::-1]], axis=0)  # the images, then their mirrors
@@ -125,7 +127,10 @@ def teacher_features(name, teacher, images, dtype):
             f"`teachers` entry {name!r} must map images [B, S, S, 3] to tokens [B, N, C]; for {tuple(both.shape)} "
             f"it gave shape {tuple(tokens.shape)}."
         )
-    return np.stack([tokens[:n], tokens[n:]], axis=1).astype(dtype)
+    if tokens.dtype.kind in "OSUcmM":  # objects, text, complex, times: no tokens (bfloat16 is a "V" kind)
+        raise TypeError(f"`teachers` entry {name!r} must give tokens of real numbers; got dtype {tokens.dtype}.")
+    with np.errstate(over="ignore"):
+        return np.stack([tokens[:n], tokens[n:]], axis=1).astype(dtype)
 
 
 def save_batches(file, batches):

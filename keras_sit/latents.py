@@ -14,6 +14,9 @@ encoded once. This module gathers the pieces under one name:
   is described): each image and its mirror encoded into atomic, resumable
   shards with per-channel statistics, and optionally frozen teachers' patch
   tokens beside them (`teachers=`, for REPA; `keras_sit.latent_features`).
+  `cache.json` records fingerprints of the source and the models, so a
+  cache is resumed only from the same ones, and NaN latents or tokens are
+  refused before their shard is written.
 - `LatentDataset` (`keras_sit.latent_dataset`): the shards memory-mapped
   and streamed as a `keras.utils.PyDataset`, a fresh draw from the stored
   posterior and a random flip each time an example is used, with the

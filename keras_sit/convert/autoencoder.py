@@ -28,14 +28,19 @@ without torch; pickles with `torch.load(weights_only=True)`, so loading runs
 no pickled code (`keras_sit.convert.checkpoints`).
 """
 
-import json
 import os
 
 import numpy as np
 from keras import ops
 
 from keras_sit.autoencoders import AUTOENCODER_CONFIGS, AutoencoderKL
-from keras_sit.convert.checkpoints import float32_arrays, read_checkpoint, weights_file
+from keras_sit.convert.checkpoints import (
+    check_state_dict,
+    float32_arrays,
+    read_checkpoint,
+    read_config_json,
+    weights_file,
+)
 from keras_sit.validation import check_choice, keyword_defaults
 
 FORMATS = ("diffusers", "ldm")
@@ -159,7 +164,13 @@ def export_autoencoder_state_dict(model, format="diffusers"):
 
 
 def _read(path_or_state):
-    """`(state dict of float32 arrays, config.json as a dict or None)`."""
+    """`(state dict of float32 arrays, config.json as a dict or None)`.
+
+    A file that holds no dict, a damaged `config.json` and entries that are
+    no finite floating-point weights raise, naming the file or the key.
+    LDM training-loss entries (`loss.*`: its LPIPS and discriminator, with
+    integer batch-norm counters) are dropped before the weights are checked.
+    """
     if isinstance(path_or_state, dict):
         state, config_json = path_or_state, None
     elif isinstance(path_or_state, (str, os.PathLike)):
@@ -167,11 +178,11 @@ def _read(path_or_state):
         folder = path if os.path.isdir(path) else os.path.dirname(path)
         path = weights_file(path, DIFFUSERS_WEIGHTS)
         state = read_checkpoint(path)
-        config_path = os.path.join(folder, "config.json")
-        config_json = None
-        if os.path.isfile(config_path):
-            with open(config_path) as file:
-                config_json = json.load(file)
+        if not isinstance(state, dict):
+            raise ValueError(
+                f"`path_or_state` {path!r} holds a {type(state).__name__}, not a state dict of an autoencoder."
+            )
+        config_json = read_config_json(os.path.join(folder, "config.json"))
     else:
         raise TypeError(
             f"`path_or_state` must be a path (a diffusers folder or a checkpoint file) or a state dict; "
@@ -179,11 +190,13 @@ def _read(path_or_state):
         )
     if isinstance(state.get("state_dict"), dict):  # a PyTorch Lightning (.ckpt) checkpoint
         state = state["state_dict"]
+    check_state_dict(state, "path_or_state")
     for prefix in LDM_PREFIXES:  # the autoencoder inside a full latent-diffusion checkpoint
-        if any(str(key).startswith(prefix) for key in state):
+        if any(key.startswith(prefix) for key in state):
             state = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
             break
-    return float32_arrays(state), config_json
+    state = {key: value for key, value in state.items() if not key.startswith(LDM_IGNORED_PREFIXES)}
+    return float32_arrays(state, "path_or_state"), config_json
 
 
 def _detect_format(state):
@@ -198,9 +211,9 @@ def _detect_format(state):
 
 
 def _normalize(state, format):
-    """Old diffusers attention names to the current ones; LDM training-loss entries dropped."""
+    """Old diffusers attention names to the current ones (LDM's names stay; `_read` dropped its loss entries)."""
     if format == "ldm":
-        return {key: value for key, value in state.items() if not key.startswith(LDM_IGNORED_PREFIXES)}
+        return state
     renamed = {}
     for key, value in state.items():
         head, _, tail = key.rpartition(".")  # tail: weight or bias
@@ -212,8 +225,13 @@ def _normalize(state, format):
 
 
 def _shape(state, key):
+    """The shape of the conv weight `state[key]`, checked to be `(out, in, h, w)`."""
     if key not in state:
         raise ValueError(f"The checkpoint has no key {key!r}, which the architecture is read from.")
+    if state[key].ndim != 4:
+        raise ValueError(
+            f"`path_or_state[{key!r}]` must be a conv weight (out, in, h, w); got shape {tuple(state[key].shape)}."
+        )
     return state[key].shape
 
 

@@ -32,14 +32,19 @@ give. Safetensors are read without torch; pickles with
 (`keras_sit.convert.checkpoints`).
 """
 
-import json
 import math
 import os
 import re
 
 import numpy as np
 
-from keras_sit.convert.checkpoints import assign_torch_weights, float32_arrays, read_checkpoint, weights_file
+from keras_sit.convert.checkpoints import (
+    assign_torch_weights,
+    float32_arrays,
+    read_checkpoint,
+    read_config_json,
+    weights_file,
+)
 from keras_sit.teachers.dinov2 import HEAD_DIM, DINOv2Teacher
 from keras_sit.teachers.interpolation import resample_position_embeddings
 from keras_sit.validation import check_positive_int
@@ -85,7 +90,7 @@ _FIXED_SETTINGS = {"hidden_act": "gelu", "layer_norm_eps": 1e-6, "qkv_bias": Tru
 def _read(path_or_state):
     """`(state dict of float32 arrays, config.json as a dict or None)`."""
     if isinstance(path_or_state, dict):
-        return float32_arrays(path_or_state), None
+        return float32_arrays(path_or_state, "path_or_state"), None
     if not isinstance(path_or_state, (str, os.PathLike)):
         raise TypeError(
             "`path_or_state` must be a path (a DINOv2 weights file or a Hugging Face folder) or a state dict; "
@@ -96,12 +101,8 @@ def _read(path_or_state):
     state = read_checkpoint(path)
     if not isinstance(state, dict):
         raise ValueError(f"`path_or_state` {path!r} holds a {type(state).__name__}, not a state dict of DINOv2.")
-    config_path = os.path.join(os.path.dirname(path), "config.json")
-    config_json = None
-    if os.path.isfile(config_path):
-        with open(config_path) as file:
-            config_json = json.load(file)
-    return float32_arrays(state), config_json
+    config_json = read_config_json(os.path.join(os.path.dirname(path), "config.json"))
+    return float32_arrays(state, "path_or_state"), config_json
 
 
 def _from_hugging_face(state):
@@ -129,6 +130,9 @@ def _from_hugging_face(state):
         if missing:
             raise ValueError(f"`path_or_state` lacks {missing}, the other parts of a fused projection.")
         values = [parts_found[(index, part, kind)] for part in parts]
+        if len({value.shape[1:] for value in values}) != 1 or min(value.ndim for value in values) == 0:
+            shapes = {f"encoder.layer.{index}.{part}.{kind}": tuple(v.shape) for part, v in zip(parts, values)}
+            raise ValueError(f"`path_or_state` has parts of a fused projection whose shapes do not stack: {shapes}.")
         hub[f"blocks.{index}.{target}.{kind}"] = np.concatenate(values, axis=0)
     return hub
 
@@ -142,23 +146,26 @@ def _block_count(state):
     return len(indices)
 
 
-def _shape(state, key):
+def _shape(state, key, ndim):
+    """The shape of `state[key]`, checked to have `ndim` dimensions."""
     if key not in state:
         raise ValueError(f"`path_or_state` has no {key!r}, which the DINOv2 architecture is read from.")
+    if state[key].ndim != ndim:
+        raise ValueError(f"`path_or_state[{key!r}]` must have {ndim} dimensions; got shape {tuple(state[key].shape)}.")
     return state[key].shape
 
 
 def _architecture(state):
     """The `DINOv2Teacher` arguments the shapes of a hub-named state dict decide."""
-    hidden, channels, patch, patch_width = _shape(state, "patch_embed.proj.weight")
+    hidden, channels, patch, patch_width = _shape(state, "patch_embed.proj.weight", 4)
     if channels != 3 or patch != patch_width:
         raise ValueError(
             f"`path_or_state`'s `patch_embed.proj.weight` has shape {(hidden, channels, patch, patch_width)}: "
             "not square patches of RGB images."
         )
     swiglu = "blocks.0.mlp.w12.weight" in state
-    mlp_rows = _shape(state, "blocks.0.mlp.w12.weight" if swiglu else "blocks.0.mlp.fc1.weight")[0]
-    registers = state["register_tokens"].shape[1] if "register_tokens" in state else 0
+    mlp_rows = _shape(state, "blocks.0.mlp.w12.weight" if swiglu else "blocks.0.mlp.fc1.weight", 2)[0]
+    registers = _shape(state, "register_tokens", 3)[1] if "register_tokens" in state else 0
     return {
         "patch_size": int(patch),
         "hidden_size": int(hidden),

@@ -77,15 +77,22 @@ def export_fid_inception_state_dict(model):
 
 
 def _read(path_or_state):
+    """The state dict as float32 arrays, without `num_batches_tracked`; entries that are no weights raise."""
     if isinstance(path_or_state, (str, os.PathLike)):
-        path_or_state = read_checkpoint(path_or_state)
+        path = os.fspath(path_or_state)
+        path_or_state = read_checkpoint(path)
+        if not isinstance(path_or_state, dict):
+            raise ValueError(
+                f"`path_or_state` {path!r} holds a {type(path_or_state).__name__}, not a state dict of the "
+                "FID Inception."
+            )
     if not isinstance(path_or_state, dict):
         raise TypeError(
             "`path_or_state` must be a path to the weights file (.pth) or a state dict; "
             f"got {type(path_or_state).__name__}."
         )
     state = {key: value for key, value in path_or_state.items() if not str(key).endswith(_IGNORED_SUFFIX)}
-    return float32_arrays(state)
+    return float32_arrays(state, "path_or_state")
 
 
 def import_fid_inception(path_or_state, **kwargs):
