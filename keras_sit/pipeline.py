@@ -157,6 +157,52 @@ class LatentSiT(SiT):
     def image_size(self):
         return self.data_shape[0] * self.autoencoder.downsampling_factor
 
+    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
+        """`SiT.fit`; a `LatentDataset` must hold this model's latents.
+
+        A latent cache records the fingerprint of the autoencoder's weights
+        that wrote it; latents of another autoencoder, or normalised unlike
+        this model's latents (`LatentDataset(normalize=...)` against
+        `latent_mean`/`latent_std`), are refused before training starts,
+        since the model would learn latents its autoencoder cannot decode.
+        """
+        for data, name in ((x, "x"), (validation_data, "validation_data")):
+            self._check_latent_dataset(data, name)
+        return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`SiT.evaluate`; a `LatentDataset` must hold this model's latents (see `fit`)."""
+        self._check_latent_dataset(x, "x")
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def _check_latent_dataset(self, data, name):
+        fingerprint = getattr(data, "autoencoder_fingerprint", None)
+        if fingerprint is None:  # not a latent cache's dataset
+            return
+        if fingerprint != self.autoencoder.weights_fingerprint():
+            raise ValueError(
+                f"`{name}` reads the latent cache {data.directory!r}, written by an autoencoder with other weights "
+                "than this model's: write the cache with this autoencoder, or build the model on the cache's."
+            )
+        if data.normalize and not self.normalizes_latents:
+            raise ValueError(
+                f"`{name}` yields normalised latents (normalize=True) but this model has no latent statistics: "
+                "build it with `latent_statistics=dataset.statistics`, or read the cache with normalize=False."
+            )
+        if self.normalizes_latents and not data.normalize:
+            raise ValueError(
+                f"This model models normalised latents (latent_mean, latent_std) but `{name}` yields raw ones: "
+                "read the cache with `normalize=True`."
+            )
+        if data.normalize:
+            statistics = data.statistics
+            expected = (list(statistics["channel_mean"]), list(statistics["channel_std"]))
+            if not np.allclose(expected, (self.latent_mean, self.latent_std), rtol=1e-6, atol=1e-6):
+                raise ValueError(
+                    f"`{name}` normalises latents with the statistics of {data.directory!r}, which differ from this "
+                    "model's latent_mean and latent_std."
+                )
+
     def generate(self, num_samples, output="uint8", decode_batch_size=None, **kwargs):
         """Sample latents as `SiT.generate` does (every argument of it applies) and decode them.
 
