@@ -16,7 +16,10 @@ scaled latents: `encode` returns them, `decode` takes them,
 `LatentDistribution.mean` and `sample` are in that space.
 """
 
+import math
+
 import keras
+import numpy as np
 from keras import ops
 
 from keras_sit.fingerprint import weights_fingerprint
@@ -36,17 +39,83 @@ def sample_posterior(mean, logvar, seed=None):
     return ops.add(mean, ops.multiply(ops.exp(ops.multiply(0.5, ops.cast(logvar, "float32"))), noise))
 
 
+IMAGE_TOLERANCE = 0.5  # how far beyond [-1, 1] images may reach (resampling overshoot) before they are refused
+
+
 def check_batch(x, channels, factor, name, kind):
-    """`x` is `[B, H, W, channels]` of real numbers with H and W divisible by `factor` (static checks only)."""
+    """Checks of a batch for an autoencoder: `kind` "images" for `encode`, anything else for latents.
+
+    Static checks: `x` is `[B, H, W, channels]` of real numbers, B, H and W
+    positive (an empty batch fails on some backends), H and W divisible by
+    `factor`. Images must be floats: uint8 pixels (0..255) and other
+    integers are refused, since the autoencoder reads [-1, 1]. When `x`
+    holds its values here (a NumPy array or an eager tensor, not a symbol
+    being traced), one min/max reduction also refuses NaN and Inf, and
+    images with values beyond [-1 - IMAGE_TOLERANCE, 1 + IMAGE_TOLERANCE]
+    (floats of 0..255, say); values slightly outside [-1, 1], from
+    resampling, pass.
+    """
     shape = tuple(x.shape) if hasattr(x, "shape") else ()
     if len(shape) != 4 or shape[-1] not in (None, channels):
         raise ValueError(f"`{name}` must be {kind} of shape (batch, height, width, {channels}); got shape {shape}.")
     check_real_dtype(name, x)
+    if shape[0] == 0:
+        raise ValueError(f"`{name}` must hold at least one of the {kind}; got shape {shape}.")
+    if 0 in shape[1:3]:
+        raise ValueError(f"`{name}` height and width must be positive; got shape {shape}.")
     if any(size is not None and size % factor for size in shape[1:3]):
         raise ValueError(
             f"`{name}` height and width must be divisible by {factor} (the autoencoder's downsampling factor); "
             f"got shape {shape}."
         )
+    images = kind == "images"
+    if images and not keras.backend.is_float_dtype(keras.backend.standardize_dtype(x.dtype)):
+        raise TypeError(
+            f"`{name}` must be floats in [-1, 1]; got dtype {keras.backend.standardize_dtype(x.dtype)} "
+            "(convert uint8 pixels with `keras_sit.visualization.to_float`)."
+        )
+    extremes = value_extremes(x)
+    if extremes is None:
+        return
+    low, high = extremes
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"`{name}` hold NaN or Inf values; {kind} must be finite.")
+    if images and (low < -1.0 - IMAGE_TOLERANCE or high > 1.0 + IMAGE_TOLERANCE):
+        raise ValueError(
+            f"`{name}` must be floats in [-1, 1]; got values in [{low:g}, {high:g}] (for pixels in 0..255, "
+            "use `keras_sit.visualization.to_float`)."
+        )
+
+
+def value_extremes(x):
+    """`(min, max)` of `x` as floats (NaN if `x` holds one), or None when it has no values here.
+
+    None for an empty batch, a `keras.KerasTensor`, or a tensor traced by
+    `jax.jit` or `tf.function`: those are checked where they have values.
+    """
+    if isinstance(x, np.ndarray):
+        return None if x.size == 0 else (float(np.min(x)), float(np.max(x)))  # NaN propagates through both
+    if not ops.is_tensor(x) or isinstance(x, keras.KerasTensor) or _is_traced(x) or 0 in tuple(x.shape):
+        return None
+    low, high = ops.min(x), ops.max(x)
+    if keras.backend.is_float_dtype(keras.backend.standardize_dtype(x.dtype)):
+        finite = ops.all(ops.isfinite(x))
+        low, high = ops.where(finite, low, float("nan")), ops.where(finite, high, float("nan"))
+    return float(ops.convert_to_numpy(low)), float(ops.convert_to_numpy(high))
+
+
+def _is_traced(x):
+    """Whether `x` is a placeholder of a function being traced (`jax.jit`, `tf.function`), with no value."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return isinstance(x, jax.core.Tracer)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return not tf.executing_eagerly() or not hasattr(x, "numpy")
+    return False
 
 
 class LatentDistribution:
@@ -121,6 +190,10 @@ class Autoencoder(keras.Model):
 
     Images are channels-last floats in [-1, 1]; latents are channels-last
     `[B, H / f, W / f, latent_channels]` with `f = downsampling_factor`.
+    Implementations check what they are given with `check_batch` (as
+    `AutoencoderKL` does), which refuses uint8 or integer images, images
+    far outside [-1, 1], and NaN or Inf in images and latents, before the
+    network runs.
 
     Args:
         latent_channels: channels of the latents (the SiT's input channels).
@@ -158,7 +231,9 @@ class Autoencoder(keras.Model):
         Everything that encodes goes through it: `encode` takes its mean or
         a draw, and the latent cache stores its `cache_arrays()`.
         `batch_size` encodes that many images at a time (same result,
-        bounded memory).
+        bounded memory). Implementations refuse bad images with
+        `check_batch(images, channels, self.downsampling_factor, "images",
+        "images")`: uint8 pixels, values beyond [-1.5, 1.5], NaN or Inf.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement `encode_distribution`.")
 
@@ -166,7 +241,9 @@ class Autoencoder(keras.Model):
         """Images `[B, h * f, w * f, C]` (about [-1, 1], float32) from SCALED latents.
 
         `batch_size` decodes that many latents at a time: the same result
-        with memory bounded by one chunk.
+        with memory bounded by one chunk. Implementations refuse NaN or Inf
+        latents with `check_batch(latents, self.latent_channels, 1,
+        "latents", "scaled latents")`.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement `decode`.")
 
@@ -177,7 +254,9 @@ class Autoencoder(keras.Model):
         return LatentDistribution(raw_mean, raw_logvar, self.scaling_factor, self.shift_factor)
 
     def encode(self, images, seed=None, sample=True, batch_size=None):
-        """Scaled latents of `images`: a draw from `encode_distribution`, or its mean with `sample=False`.
+        """Scaled latents of `images` (floats in [-1, 1]): a draw from `encode_distribution`, or its mean.
+
+        `sample=False` gives the mean.
 
         `seed` is an int, a `keras.random.SeedGenerator`, or None for this
         model's own generator (fresh noise on every call).

@@ -32,6 +32,7 @@ from keras_sit.evaluation.metrics import (
     inception_score,
     kernel_inception_distance,
 )
+from keras_sit.evaluation.npz import DAMAGED
 from keras_sit.evaluation.reference_batches import IMAGES_KEY, read_reference_batch
 from keras_sit.images import IMAGE_SUFFIXES, UnreadableImageError
 from keras_sit.images import read_image as read_rgb
@@ -63,6 +64,8 @@ def read_image(path, argument="image"):
         return np.asarray(read_rgb(path), dtype=np.uint8)
     except UnreadableImageError as error:
         raise InputError(f"{argument}: {path!r} cannot be read as an image: {error.reason}") from error
+    except FileNotFoundError as error:  # removed since the folder was listed
+        raise InputError(f"{argument}: {path!r} no longer exists.") from error
 
 
 class ImageFolder:
@@ -112,7 +115,20 @@ class NpzFile:
         return 0 if self.image_shape is None else self.image_shape[0]
 
     def batches(self, batch_size):
-        """`arr_0` in batches, read from the archive a batch at a time where its layout allows."""
+        """`arr_0` in batches, read from the archive a batch at a time where its layout allows.
+
+        A damaged or truncated `arr_0` ends the command with an `InputError` naming the argument and file.
+        """
+        try:
+            yield from self._batches(batch_size)
+        except DAMAGED as error:
+            if isinstance(error, InputError):
+                raise
+            raise InputError(
+                f"{self.argument}: `arr_0` in {self.path!r} cannot be read (damaged): {type(error).__name__}: {error}"
+            ) from error
+
+    def _batches(self, batch_size):
         with zipfile.ZipFile(self.path) as archive, archive.open(f"{IMAGES_KEY}.npy") as file:
             version = np.lib.format.read_magic(file)
             readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -252,6 +268,8 @@ def save_statistics(args):
     output = args.path[1]
     if os.path.exists(output) or os.path.exists(f"{output}.npz"):
         raise InputError(f"second path: {output!r} exists; --save-stats does not overwrite it.")
+    if not os.path.isdir(os.path.dirname(output) or "."):
+        raise InputError(f"second path: the folder of {output!r} does not exist; create it first.")
     statistics, _ = extract(load_inception(args.inception), source, args.batch_size)
     np.savez_compressed(output, mu=statistics.mean, sigma=statistics.covariance)
     return {"mu": statistics.mean, "sigma": statistics.covariance}

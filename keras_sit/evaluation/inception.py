@@ -13,17 +13,22 @@ changes) are in `keras_sit.evaluation.inception_blocks`. Only Keras layers
 and `keras.ops` are used, so it runs on JAX, TensorFlow and PyTorch.
 
 `FIDInception.features` takes uint8 images `[B, H, W, 3]` (or floats in
-[0, 255]) and does pytorch-fid's input transform: a bilinear resize to
-299x299 (`align_corners=False`, no antialiasing) and the scaling to [-1, 1].
+[0, 255]; `check_inception_images` says what is refused) and does
+pytorch-fid's input transform: a bilinear resize to 299x299
+(`align_corners=False`, no antialiasing) and the scaling to [-1, 1].
 ADM's TensorFlow evaluator feeds images to the TF graph itself, which
 resizes and scales them its own way, so the features here match
 pytorch-fid's, and ADM's only closely.
 """
 
+import math
+
 import keras
+import numpy as np
 from keras import ops
 
 from keras_sit import backend
+from keras_sit.autoencoders.base import value_extremes
 from keras_sit.evaluation.inception_blocks import (
     NUM_CLASSES,
     BasicConv2d,
@@ -44,24 +49,69 @@ SPATIAL_CHANNELS = 7  # ADM's sFID keeps the first 7 channels of `mixed_6/conv`
 SPATIAL_SIZE = 17  # `mixed_6/conv` is 17x17 at 299x299 input
 
 
+INPUT_TOLERANCE = 0.5  # how far float pixels may stray outside 0..255 (resampling overshoot)
+
+
 def inception_preprocess(images):
     """pytorch-fid's input transform, channels-last: `[B, H, W, 3]` in [0, 255] to `[B, 299, 299, 3]` in [-1, 1].
 
     Scales to [0, 1], resizes bilinearly to 299x299 as
     `F.interpolate(mode="bilinear", align_corners=False)` (half-pixel
-    centres, no antialiasing), then maps to `2 x - 1`.
+    centres, no antialiasing), then maps to `2 x - 1`. The images are
+    checked first (`check_inception_images`).
     """
-    _check_images(images)
+    check_inception_images(images)
     x = ops.divide(ops.cast(images, "float32"), 255.0)
     x = ops.image.resize(x, (INPUT_SIZE, INPUT_SIZE), interpolation="bilinear", antialias=False)
     return ops.subtract(ops.multiply(x, 2.0), 1.0)
 
 
-def _check_images(images):
+def check_inception_images(images):
+    """The FID Inception's input: RGB `[B, H, W, 3]` pixels in 0..255, or a `ValueError`/`TypeError` naming `images`.
+
+    uint8 images are pixels as they are. Other integers must lie in 0..255.
+    Floats must be finite and lie in [-0.5, 255.5] (0..255 with room for
+    resampling overshoot), which refuses images in [-1, 1]; and a float
+    batch whose values all lie at or below 1 with some fraction among them
+    is refused as images in [0, 1] (or [-1, 1]): 0..255 pixels that dark
+    are whole numbers (an all-black float batch of zeros passes). The
+    values are read when the images hold them here (a NumPy array or an
+    eager tensor); inside a traced function only the shape and dtype are
+    checked.
+    """
     shape = tuple(images.shape) if hasattr(images, "shape") else ()
     if len(shape) != 4 or shape[-1] not in (None, 3):
         raise ValueError(f"`images` must be RGB images of shape (batch, height, width, 3); got shape {shape}.")
     check_real_dtype("images", images)
+    if 0 in shape[1:3]:
+        raise ValueError(f"`images` height and width must be positive; got shape {shape}.")
+    dtype = keras.backend.standardize_dtype(images.dtype)
+    if dtype == "uint8":
+        return
+    extremes = value_extremes(images)
+    if extremes is None:
+        return
+    low, high = extremes
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError("`images` hold NaN or Inf values; the FID Inception needs pixels in 0..255.")
+    tolerance = INPUT_TOLERANCE if keras.backend.is_float_dtype(dtype) else 0.0
+    if low < -tolerance or high > 255.0 + tolerance:
+        raise ValueError(
+            f"`images` must be pixels in 0..255 (uint8, or floats of that range); got values in [{low:g}, {high:g}]"
+            + (" (images in [-1, 1] map to 0..255 as `(x + 1) * 127.5`)." if low < 0 else ".")
+        )
+    if keras.backend.is_float_dtype(dtype) and high <= 1.0 and _has_fractions(images):
+        raise ValueError(
+            f"`images` must be pixels in 0..255; these floats lie in [{low:g}, {high:g}] with fractions, as images "
+            "in [0, 1] or [-1, 1] do (scale them to 0..255: `x * 255` or `(x + 1) * 127.5`)."
+        )
+
+
+def _has_fractions(images):
+    """Whether some value of `images` (a float array or eager tensor) is not a whole number."""
+    if isinstance(images, np.ndarray):
+        return bool(np.any(images != np.round(images)))
+    return bool(ops.convert_to_numpy(ops.any(ops.not_equal(images, ops.round(images)))))
 
 
 @keras.saving.register_keras_serializable(package="keras_sit")
@@ -69,8 +119,10 @@ class FIDInception(keras.Model):
     """The FID Inception network, channels-last; weights from `keras_sit.convert.import_fid_inception`.
 
     `call(images)` and `features(images)` take `[B, H, W, 3]` images in
-    [0, 255] (uint8 or float), apply pytorch-fid's transform (`inception_preprocess`)
-    and return float32 features:
+    [0, 255] (uint8 or float; floats in [-1, 1] or [0, 1], NaN and values
+    beyond 0..255 are refused, see `check_inception_images`), apply
+    pytorch-fid's transform (`inception_preprocess`) and return float32
+    features:
 
     * `"pool"` `[B, 2048]`: the global average pool after `Mixed_7c` (the TF
       graph's `pool_3`), the features of FID, KID and precision/recall;
@@ -205,10 +257,12 @@ class FIDInception(keras.Model):
 
         Raises:
             ValueError: the network holds no imported weights (see the class
-                docstring), or `images` are not RGB images.
+                docstring), or `images` are not RGB pixels in 0..255
+                (`check_inception_images`).
+            TypeError: `images` are not real numbers.
         """
         self._check_weights()
-        _check_images(images)
+        check_inception_images(images)
         return backend.inference_in_chunks(self, images, batch_size)
 
     def predict(self, x, *args, **kwargs):

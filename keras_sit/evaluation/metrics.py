@@ -11,6 +11,7 @@ float32.
 
 import numpy as np
 
+from keras_sit.evaluation.npz import npz_output_path, open_npz, read_array
 from keras_sit.validation import check_bool, check_data, check_positive_int, check_real_dtype, check_seed
 
 # --- input checks --------------------------------------------------------------------------
@@ -35,18 +36,27 @@ def _features(name, value, dim=None, min_rows=1):
         raise ValueError(f"`{name}` must be features of shape (num_samples, dim); got shape {array.shape}.")
     if dim is not None:
         check_data(array, (dim,), name)
+    if array.shape[1] == 0:
+        raise ValueError(f"`{name}` must have at least one feature per sample; got shape {array.shape}.")
     if array.shape[0] < min_rows:
         raise ValueError(f"`{name}` must hold at least {min_rows} samples; got {array.shape[0]}.")
     _check_finite(name, array)
     return array
 
 
-def _gaussian(mu_name, mu, sigma_name, sigma):
-    """A mean `[d]` and a symmetric covariance `[d, d]`, float64 and finite."""
+def _gaussian(mu_name, mu, sigma_name, sigma, check_psd=True):
+    """A mean `[d]` (d >= 1) and a covariance `[d, d]`, float64 and finite, checked and symmetrised.
+
+    The covariance must be symmetric (to 1e-6 of its largest entry) and,
+    unless `check_psd` is False (for a caller that decomposes it and calls
+    `_check_psd` itself), positive semi-definite.
+    """
     mu = _as_float64(mu_name, mu)
     sigma = _as_float64(sigma_name, sigma)
     if mu.ndim != 1:
         raise ValueError(f"`{mu_name}` must be a mean vector of shape (dim,); got shape {mu.shape}.")
+    if mu.shape[0] == 0:
+        raise ValueError(f"`{mu_name}` must have at least one dimension; got shape {mu.shape}.")
     if sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(
             f"`{sigma_name}` must be a covariance of shape ({mu.shape[0]}, {mu.shape[0]}) to match `{mu_name}`; "
@@ -57,7 +67,25 @@ def _gaussian(mu_name, mu, sigma_name, sigma):
     scale = np.max(np.abs(sigma), initial=0.0)
     if np.max(np.abs(sigma - sigma.T), initial=0.0) > 1e-6 * scale:
         raise ValueError(f"`{sigma_name}` must be a symmetric covariance matrix; it is not symmetric.")
-    return mu, (sigma + sigma.T) / 2
+    sigma = (sigma + sigma.T) / 2
+    if check_psd:
+        _check_psd(sigma_name, np.linalg.eigvalsh(sigma))
+    return mu, sigma
+
+
+# Negative eigenvalues down to this fraction of the largest are rounding (a rank-deficient covariance
+# stored in float32 has them near 1e-9), not a mistake (a matrix that is no covariance has them near 1).
+PSD_TOLERANCE = 1e-4
+
+
+def _check_psd(sigma_name, eigenvalues):
+    """The eigenvalues (ascending) of a covariance: none below `-PSD_TOLERANCE` times the largest magnitude."""
+    largest = np.max(np.abs(eigenvalues), initial=0.0)
+    if eigenvalues[0] < -PSD_TOLERANCE * largest:
+        raise ValueError(
+            f"`{sigma_name}` must be a covariance matrix (positive semi-definite); it has the negative eigenvalue "
+            f"{eigenvalues[0]:.6g}, beyond rounding of the largest, {largest:.6g}."
+        )
 
 
 # --- streaming statistics ----------------------------------------------------------------
@@ -154,25 +182,35 @@ class FeatureStatistics:
         """Write `mu`, `sigma` (float64, as in ADM's reference batches) and `count` to an `.npz`.
 
         NumPy appends `.npz` to a path without it. The count lets `load` resume
-        accumulating; ADM's evaluator reads only `mu` and `sigma`.
+        accumulating; ADM's evaluator reads only `mu` and `sigma`. Refused
+        before anything is written: fewer than 2 features seen, a `path` that
+        is a folder or in a folder that does not exist.
         """
-        np.savez(path, mu=self.mean, sigma=self.covariance, count=np.int64(self._count))
+        npz_output_path(path)
+        mean, covariance = self.mean, self.covariance
+        np.savez(path, mu=mean, sigma=covariance, count=np.int64(self._count))
 
     @classmethod
     def load(cls, path):
         """Statistics written by `save` (ADM's reference batches, which have no count, are read
-        by `keras_sit.evaluation.reference_batches.read_reference_batch`)."""
-        with np.load(path, allow_pickle=False) as data:
+        by `keras_sit.evaluation.reference_batches.read_reference_batch`).
+
+        A missing file raises a `FileNotFoundError`; a damaged or truncated
+        `.npz`, missing keys, a `count` that is not an integer >= 2, and a
+        `mu`/`sigma` that is not a finite mean and covariance raise a
+        `ValueError` (or a `TypeError` for non-numbers) naming the file.
+        """
+        with open_npz(path) as data:
             missing = [key for key in ("mu", "sigma", "count") if key not in data.files]
             if missing:
                 raise ValueError(
                     f"{path} lacks {missing}: FeatureStatistics.load reads files written by FeatureStatistics.save "
                     "(for ADM's reference batches, use reference_batches.read_reference_batch)."
                 )
-            mu, sigma, count = data["mu"], data["sigma"], data["count"]
+            mu, sigma, count = (read_array(data, key, path) for key in ("mu", "sigma", "count"))
         if count.shape != () or not np.issubdtype(count.dtype, np.integer) or count < 2:
             raise ValueError(f"{path}: `count` must be an integer >= 2; got {count!r}.")
-        mu, sigma = _gaussian("mu", mu, "sigma", sigma)
+        mu, sigma = _gaussian(f"mu (in {path})", mu, f"sigma (in {path})", sigma)
         statistics = cls(dim=mu.shape[0])
         statistics._count, statistics._mean, statistics._scatter = int(count), mu, sigma * (int(count) - 1)
         return statistics
@@ -191,9 +229,8 @@ def _clip_rounding(eigenvalues):
     return np.where(eigenvalues > cutoff, eigenvalues, 0.0)
 
 
-def _psd_sqrt(matrix):
-    """The symmetric square root of a symmetric PSD matrix."""
-    eigenvalues, eigenvectors = np.linalg.eigh(matrix)
+def _psd_sqrt(eigenvalues, eigenvectors):
+    """The symmetric square root of a symmetric PSD matrix, from its eigendecomposition."""
     return (eigenvectors * np.sqrt(_clip_rounding(eigenvalues))) @ eigenvectors.T
 
 
@@ -214,17 +251,22 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     magnify their rounding error. All in float64.
 
     Args:
-        mu1, mu2: means `[d]`.
-        sigma1, sigma2: covariances `[d, d]` (symmetric PSD).
+        mu1, mu2: means `[d]`, d >= 1, finite.
+        sigma1, sigma2: covariances `[d, d]`: finite, symmetric (to 1e-6 of
+            the largest entry) and positive semi-definite (no eigenvalue below
+            `-1e-4` times the largest); anything else is refused with a
+            `ValueError` naming it, as it has no Frechet distance.
 
     Returns:
         The distance, a float >= 0 (a rounding-level negative result is returned as 0).
     """
-    mu1, sigma1 = _gaussian("mu1", mu1, "sigma1", sigma1)
+    mu1, sigma1 = _gaussian("mu1", mu1, "sigma1", sigma1, check_psd=False)  # decomposed below
     mu2, sigma2 = _gaussian("mu2", mu2, "sigma2", sigma2)
     if mu1.shape != mu2.shape:
         raise ValueError(f"`mu1` and `mu2` must have the same dimension; got {mu1.shape[0]} and {mu2.shape[0]}.")
-    root1 = _psd_sqrt(sigma1)
+    eigenvalues, eigenvectors = np.linalg.eigh(sigma1)
+    _check_psd("sigma1", eigenvalues)
+    root1 = _psd_sqrt(eigenvalues, eigenvectors)
     inner = root1 @ sigma2 @ root1
     eigenvalues = np.linalg.eigvalsh((inner + inner.T) / 2)
     trace_covmean = np.sum(np.sqrt(_clip_rounding(eigenvalues)))

@@ -26,6 +26,7 @@ import numpy as np
 
 from keras_sit.backend import processes
 from keras_sit.evaluation.metrics import FeatureStatistics, frechet_distance
+from keras_sit.evaluation.npz import npz_output_path, open_npz, read_array
 from keras_sit.files import write_atomically
 from keras_sit.validation import check_positive_int, check_seed
 from keras_sit.visualization import to_rgb, to_uint8
@@ -65,12 +66,30 @@ def generate_for_evaluation(
 
     Returns:
         `EvaluationSamples` over the directory.
+
+    Raises:
+        TypeError, ValueError: a `model` that is no `SiT` on images, a
+            `directory` that is a file or holds other samples (or a damaged
+            `samples.json`), a `feature_extractor` that is not callable, or
+            `generate` settings that `samples.json` cannot record: all
+            checked before anything is created or drawn.
     """
     import keras
 
+    from keras_sit.model import SiT
+
+    if not isinstance(model, SiT):
+        raise TypeError(f"`model` must be a keras_sit SiT or LatentSiT; got {type(model).__name__}.")
+    directory = _check_directory(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"`directory` {directory!r} is a file; give a folder (new, or of these samples) to write to.")
     check_positive_int("num_samples", num_samples)
     check_positive_int("batch_size", batch_size)
     check_seed(seed)
+    if feature_extractor is not None and not callable(feature_extractor):
+        raise TypeError(f"`feature_extractor` must be callable or None; got {type(feature_extractor).__name__}.")
+    if isinstance(verbose, bool) or verbose not in (0, 1, 2):
+        raise ValueError(f"`verbose` must be 0, 1 or 2; got {verbose!r}.")
     for reserved in ("labels", "seed", "noise", "return_trajectory"):
         if reserved in generate_kwargs:
             raise ValueError(f"`{reserved}` is chosen by the runner; it cannot be passed to `generate` here.")
@@ -82,16 +101,14 @@ def generate_for_evaluation(
         "batch_size": int(batch_size),
         "seed": int(seed),
         "num_classes": model.num_classes,
-        "generate": {key: _jsonable(value) for key, value in sorted(generate_kwargs.items())},
+        "generate": {key: _jsonable(key, value) for key, value in sorted(generate_kwargs.items())},
     }
-    os.makedirs(directory, exist_ok=True)
     plan_path = os.path.join(directory, PLAN_FILE)
+    if os.path.exists(plan_path) and _read_plan(directory) != json.loads(json.dumps(plan)):
+        raise ValueError(f"`directory` {directory!r} holds samples drawn with other settings; use a new one.")
+    os.makedirs(directory, exist_ok=True)
     index, count = processes.process_index(), processes.process_count()
-    if os.path.exists(plan_path):
-        with open(plan_path) as file:
-            if json.load(file) != json.loads(json.dumps(plan)):
-                raise ValueError(f"`directory` {directory!r} holds samples drawn with other settings; use a new one.")
-    elif index == 0:
+    if index == 0 and not os.path.exists(plan_path):  # else the same settings: resume
         write_atomically(plan_path, lambda file: file.write(json.dumps(plan, indent=1).encode()))
     labels = None if model.num_classes is None else balanced_labels(num_samples, model.num_classes, seed)
     # In a job of several processes each draws every `count`-th chunk; the chief shows the progress.
@@ -120,15 +137,20 @@ def generate_for_evaluation(
 
 
 class EvaluationSamples:
-    """The chunks written by `generate_for_evaluation`, read back one at a time."""
+    """The chunks written by `generate_for_evaluation`, read back one at a time.
+
+    A `directory` without `samples.json`, a damaged `samples.json`, missing
+    chunks, and (when read) a damaged chunk raise a `ValueError` naming the
+    folder or the file.
+    """
 
     def __init__(self, directory):
+        directory = _check_directory(directory)
         if not os.path.isfile(os.path.join(directory, PLAN_FILE)):
             raise ValueError(
                 f"`directory` {directory!r} holds no samples of `generate_for_evaluation` ({PLAN_FILE} is missing)."
             )
-        with open(os.path.join(directory, PLAN_FILE)) as file:
-            self.plan = json.load(file)
+        self.plan = _read_plan(directory)
         self.directory = directory
         self.num_chunks = -(-self.plan["num_samples"] // self.plan["batch_size"])
         missing = [c for c in range(self.num_chunks) if not os.path.exists(_chunk_path(directory, c))]
@@ -138,9 +160,16 @@ class EvaluationSamples:
             )
 
     def chunks(self):
+        """Each chunk's arrays, `{"images", "labels", "feature_<name>"...}`; a damaged chunk raises naming its file."""
         for chunk in range(self.num_chunks):
-            with np.load(_chunk_path(self.directory, chunk)) as arrays:
-                yield {name: arrays[name] for name in arrays.files}
+            path = _chunk_path(self.directory, chunk)
+            with open_npz(path, "The sample chunk") as arrays:
+                missing = [key for key in ("images", "labels") if key not in arrays.files]
+                if missing:
+                    raise ValueError(
+                        f"The sample chunk {path!r} lacks {missing}: it was not written by `generate_for_evaluation`."
+                    )
+                yield {name: read_array(arrays, name, path, "The sample chunk") for name in arrays.files}
 
     def statistics(self, name="pool"):
         """Mean and covariance of one stored feature, accumulated chunk by chunk."""
@@ -153,11 +182,17 @@ class EvaluationSamples:
         """One stored feature of every sample, `[N, d]` (for IS and precision/recall)."""
         return np.concatenate([self._feature(arrays, name) for arrays in self.chunks()])
 
+    def stored_features(self):
+        """`{name: dim}` of the features stored with the samples (read from the first chunk)."""
+        first = next(self.chunks())
+        return {key[len("feature_") :]: first[key].shape[-1] for key in sorted(first) if key.startswith("feature_")}
+
     def labels(self):
         return np.concatenate([arrays["labels"] for arrays in self.chunks()])
 
     def write_adm_npz(self, path):
         """All images as ADM's sample file (`arr_0`, uint8 NHWC), written without holding them in memory."""
+        path = npz_output_path(path)
         first = next(self.chunks())["images"]
         shape = (self.plan["num_samples"], *first.shape[1:])
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype("uint8")), "fortran_order": False, "shape": shape}
@@ -174,6 +209,31 @@ class EvaluationSamples:
         return arrays[f"feature_{name}"]
 
 
+def _check_directory(directory):
+    """`directory` as a str: a TypeError naming it unless it is a path."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"`directory` must be a path to a folder (str or os.PathLike); got {type(directory).__name__}.")
+    return os.fspath(directory)
+
+
+def _read_plan(directory):
+    """The settings in `directory`'s `samples.json`, or a `ValueError` naming the file if it is damaged."""
+    path = os.path.join(directory, PLAN_FILE)
+    try:
+        with open(path, "rb") as file:
+            plan = json.loads(file.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path!r} is damaged (not the JSON `generate_for_evaluation` writes): {error}") from error
+    if not isinstance(plan, dict) or not all(
+        isinstance(plan.get(key), int) and not isinstance(plan.get(key), bool) and plan[key] > 0
+        for key in ("num_samples", "batch_size")
+    ):
+        raise ValueError(
+            f"{path!r} is damaged: it lacks the positive `num_samples` and `batch_size` it was written with."
+        )
+    return plan
+
+
 def extract_features(extractor, images):
     """`extractor(images)` as `{name: array [B, d]}` (an array result is named "pool"); one-channel
     images are handed over as RGB."""
@@ -182,7 +242,16 @@ def extract_features(extractor, images):
     features = extractor(to_rgb(images))
     if not isinstance(features, dict):
         features = {"pool": features}
-    return {name: np.asarray(keras.ops.convert_to_numpy(v)).reshape(len(images), -1) for name, v in features.items()}
+    arrays = {}
+    for name, value in features.items():
+        array = np.asarray(keras.ops.convert_to_numpy(value))
+        if array.ndim == 0 or array.shape[0] != len(images) or not np.issubdtype(array.dtype, np.number):
+            raise ValueError(
+                f"`feature_extractor` must return one feature vector per image ({len(images)} rows) of numbers; "
+                f"its {name!r} has shape {array.shape} and dtype {array.dtype}."
+            )
+        arrays[name] = array.reshape(len(images), -1)
+    return arrays
 
 
 def _stored_features(extractor, images):
@@ -193,12 +262,20 @@ def _chunk_path(directory, chunk):
     return os.path.join(directory, f"{CHUNK_PREFIX}{chunk:05d}.npz")
 
 
-def _jsonable(value):
+def _jsonable(key, value):
+    """A `generate` setting as JSON values, recorded in `samples.json`; a TypeError naming `key` otherwise."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer, np.floating)):
+        return [_jsonable(key, v) for v in value]
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
         return value.item()
-    return value
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(
+        f"`{key}` must be a number, string, bool, None or a list of them (the runner records the `generate` "
+        f"settings in {PLAN_FILE}); got {type(value).__name__}."
+    )
 
 
 def evaluate(samples, reference, feature_extractor=None, batch_size=100):
@@ -217,13 +294,45 @@ def evaluate(samples, reference, feature_extractor=None, batch_size=100):
     Returns:
         A dict with what can be computed: `fid`, `sfid`, `inception_score`
         (mean over ADM's splits of 5000), `precision`, `recall`.
+
+    Raises:
+        ValueError: nothing can be computed (the message says what each
+            number needs), or the samples' features and the reference
+            statistics have different dimensions; checked before the
+            extractor runs.
     """
     from keras_sit.evaluation.metrics import inception_score, precision_recall
+    from keras_sit.evaluation.reference_batches import ReferenceBatch
 
     check_positive_int("batch_size", batch_size)
+    if not isinstance(samples, EvaluationSamples):
+        raise TypeError(
+            f"`samples` must be EvaluationSamples (from `generate_for_evaluation`); got {type(samples).__name__}."
+        )
+    if not isinstance(reference, ReferenceBatch):
+        raise TypeError(
+            f"`reference` must be a ReferenceBatch (from `read_reference_batch`); got {type(reference).__name__}."
+        )
+    if feature_extractor is not None and not callable(feature_extractor):
+        raise TypeError(f"`feature_extractor` must be callable or None; got {type(feature_extractor).__name__}.")
+    stored = samples.stored_features()
+    extracts = reference.images is not None and feature_extractor is not None
+    for key, mu in (("pool", reference.mu), ("spatial", reference.mu_s)):
+        if mu is not None and key in stored and stored[key] != mu.shape[0]:
+            raise ValueError(
+                f"The samples' {key!r} features are {stored[key]}-d, but `reference`'s statistics of them are "
+                f"{mu.shape[0]}-d: they come from different feature extractors."
+            )
+    computable = (
+        ("pool" in stored and (reference.mu is not None or extracts))
+        or ("spatial" in stored and (reference.mu_s is not None or extracts))
+        or "logits_unbiased" in stored
+    )
+    if not computable:
+        raise ValueError(_nothing_to_compute(samples, reference, feature_extractor, stored))
     results = {}
     reference_features = None
-    if reference.images is not None and feature_extractor is not None:
+    if extracts:
         parts = [_stored_features(feature_extractor, reference.images[i : i + batch_size])
                  for i in range(0, len(reference.images), batch_size)]  # fmt: skip
         reference_features = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
@@ -232,17 +341,30 @@ def evaluate(samples, reference, feature_extractor=None, batch_size=100):
         if mu is None and reference_features is not None and f"feature_{key}" in reference_features:
             statistics = FeatureStatistics.from_features(reference_features[f"feature_{key}"])
             mu, sigma = statistics.mean, statistics.covariance
-        if mu is not None and _has_feature(samples, key):
+        if mu is not None and key in stored:
             fake = samples.statistics(key)
             results[name] = frechet_distance(fake.mean, fake.covariance, mu, sigma)
-    if _has_feature(samples, "logits_unbiased"):
+    if "logits_unbiased" in stored:
         logits = samples.features("logits_unbiased")
         results["inception_score"] = inception_score(logits, from_logits=True, split_size=min(5000, len(logits)))[0]
-    if reference_features is not None and _has_feature(samples, "pool"):
+    if reference_features is not None and "pool" in stored and "feature_pool" in reference_features:
         precision, recall = precision_recall(reference_features["feature_pool"], samples.features("pool"))
         results.update(precision=precision, recall=recall)
+    if not results:  # the extractor gave the reference images none of the samples' features
+        raise ValueError(_nothing_to_compute(samples, reference, feature_extractor, stored))
     return results
 
 
-def _has_feature(samples, name):
-    return f"feature_{name}" in next(samples.chunks())
+def _nothing_to_compute(samples, reference, feature_extractor, stored):
+    """What `evaluate` lacks, as the message of its ValueError."""
+    has = [name for name, value in (("`mu`/`sigma`", reference.mu), ("`mu_s`/`sigma_s`", reference.mu_s),
+                                    ("images", reference.images)) if value is not None]  # fmt: skip
+    return (
+        f"`evaluate` has nothing to compute: the samples in {samples.directory!r} hold the features "
+        f"{sorted(stored)}, `reference` holds {', '.join(has) or 'neither statistics nor loaded images'}, and "
+        f"`feature_extractor` is {'given' if feature_extractor is not None else 'None'}. FID (sFID) needs the "
+        "samples' 'pool' ('spatial') features (`generate_for_evaluation(..., feature_extractor=inception.features)`) "
+        "and reference statistics `mu`/`sigma` (`mu_s`/`sigma_s`) or reference images "
+        "(`read_reference_batch(..., load_images=True)`) with `feature_extractor`; precision and recall need "
+        "'pool' and reference images with `feature_extractor`; the Inception Score needs 'logits_unbiased'."
+    )
