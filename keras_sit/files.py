@@ -1,4 +1,4 @@
-"""Writing files so that a crash never leaves a half-written one where a reader looks.
+"""Writing files so that a crash never leaves a half-written one where a reader looks (and reading JSON ones).
 
 The latent cache and the evaluation runner are resumable: after a crash they
 trust every file they find. A saved model is trusted the same way, and Keras
@@ -8,6 +8,7 @@ a reader sees the old file or the new one, never a mix.
 """
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -148,3 +149,26 @@ def _alive(pid):
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def read_json_object(path, what, remedy=""):
+    """The JSON object in the file `path`, or None where there is none; `what` names it in errors.
+
+    A folder of that name, a file that is no JSON (truncated, damaged) or
+    JSON that is no object raises a `ValueError` naming the file, followed
+    by `remedy`: a file that cannot be read is never taken as absent.
+    """
+    if not os.path.exists(path):
+        return None
+    if not os.path.isfile(path):
+        raise ValueError(f"{path!r} is a folder; {what} is a file.{remedy}")
+    try:
+        with open(path, encoding="utf-8") as file:
+            content = json.load(file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{path!r} is not valid JSON ({type(error).__name__}: {error}): {what} is damaged or truncated.{remedy}"
+        ) from error
+    if not isinstance(content, dict):
+        raise ValueError(f"{path!r} must hold a JSON object ({what}); it holds a {type(content).__name__}.{remedy}")
+    return content

@@ -60,7 +60,7 @@ import numpy as np
 
 from keras_sit.autoencoders.base import Autoencoder
 from keras_sit.backend import processes
-from keras_sit.files import PARTIAL_SUFFIX, REMOTE_PATH, write_atomically, write_synced
+from keras_sit.files import PARTIAL_SUFFIX, REMOTE_PATH, read_json_object, write_atomically, write_synced
 from keras_sit.fingerprint import arrays_fingerprint
 from keras_sit.images import ArrayImages, ImageFolder, UnreadableImageError
 from keras_sit.latent_features import (
@@ -648,24 +648,11 @@ def shard_path(directory, shard):
 
 def _read_json(directory):
     """`cache.json` of `directory` as a dict, or None where there is none; a damaged one raises, naming it."""
-    path = os.path.join(directory, CACHE_FILE)
-    if not os.path.exists(path):
-        return None
-    if not os.path.isfile(path):
-        raise ValueError(f"{path!r} is a folder; the latent cache's description is a file. Delete it, or the cache.")
-    try:
-        with open(path, encoding="utf-8") as file:
-            description = json.load(file)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(
-            f"{path!r} is not valid JSON ({type(error).__name__}: {error}): the latent cache's description is "
-            "damaged or truncated. Delete the cache's folder and write it again."
-        ) from error
-    if not isinstance(description, dict):
-        raise ValueError(
-            f"{path!r} must hold a JSON object (a latent cache's description); it holds a {type(description).__name__}."
-        )
-    return description
+    return read_json_object(
+        os.path.join(directory, CACHE_FILE),
+        "the latent cache's description",
+        " Delete the cache's folder and write it again.",
+    )
 
 
 def _write_json(directory, content):

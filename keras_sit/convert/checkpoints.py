@@ -13,7 +13,6 @@ error that names the file or the entry.
 """
 
 import io
-import json
 import os
 import pickle
 import pickletools
@@ -21,6 +20,8 @@ import zipfile
 from collections.abc import Mapping
 
 import numpy as np
+
+from keras_sit.files import read_json_object
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -238,23 +239,10 @@ def _read_safetensors(path):
 def read_config_json(path):
     """The JSON object in `path` (a `config.json` beside the weights), or None where there is no such file.
 
-    A folder of that name, a file that is no JSON (truncated, damaged) or
-    JSON that is no object raises a `ValueError` naming the file: a config
-    that cannot be read is never skipped, since the model would be built
-    without it.
+    A damaged one raises a `ValueError` naming the file, never skipped: the
+    model would be built without it.
     """
-    if not os.path.exists(path):
-        return None
-    if not os.path.isfile(path):
-        raise ValueError(f"{path!r} is a folder; a config.json file was expected there.")
-    try:
-        with open(path, encoding="utf-8") as file:
-            content = json.load(file)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path!r} is not valid JSON (is it truncated or damaged?): {error}.") from error
-    if not isinstance(content, dict):
-        raise ValueError(f"{path!r} must hold a JSON object of settings; it holds a {type(content).__name__}.")
-    return content
+    return read_json_object(path, "the model's config.json")
 
 
 def check_state_dict(state, argument="source"):
