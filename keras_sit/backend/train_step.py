@@ -170,19 +170,18 @@ def values_kept_on_error(model):
       at the first step and reattaches them when the epoch ends. An error in
       between, such as a batch refused while the step is traced, would leave
       the model, and any layer it shares with another model, without values.
-      The values at the start are kept by reference (JAX arrays are
-      immutable; a step that runs donates them, and Keras then holds the
-      newer state, which wins); a metric made during the call restarts from
-      zero.
-    - On every backend the optimizer is built first, as `fit` would, and a
-      call that raises drops the traced step functions: TensorFlow refuses
-      to create the optimizer's variables in a `tf.function` whose first
-      trace raised.
+      So the optimizer is built first, as `fit` would, and the values at
+      the start are kept by reference (JAX arrays are immutable; a step that
+      runs donates them, and Keras then holds the newer state, which wins);
+      a metric made during the call restarts from zero.
+    - On every backend a call that raises drops the traced step functions:
+      TensorFlow refuses to create the optimizer's variables in a
+      `tf.function` whose first trace raised.
     """
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None and not optimizer.built:
-        optimizer.build(model.trainable_variables)
     jax = keras.backend.backend() == "jax"
+    optimizer = getattr(model, "optimizer", None)
+    if jax and optimizer is not None and not optimizer.built:  # elsewhere Keras builds it in its strategy's scope
+        optimizer.build(model.trainable_variables)
     kept = {id(variable): variable._value for variable in _jax_state_variables(model)} if jax else {}
     try:
         yield
