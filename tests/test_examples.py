@@ -181,7 +181,7 @@ def test_train_latent_with_repa_from_a_folder_to_pictures(tmp_path):
         "--repa-depth", "1", "--normalize-latents", "--clipnorm", "1.0",
     ])  # fmt: skip
     assert Image.open(out / "samples.png").size[1] > 0 and (out / "loss.png").stat().st_size > 0
-    dataset = LatentDataset(out / "cache", batch_size=4, features=True)
+    dataset = LatentDataset(out / "cache", batch_size=4, features=True, normalize=True)  # as the model was trained
     assert dataset.feature_shapes == {"features": (16, 64)}  # a 4x4 grid of SiT tokens: DINOv2 at 56 px
 
     model = keras.saving.load_model(out / "latent_sit.keras", safe_mode=True)
