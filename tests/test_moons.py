@@ -7,7 +7,8 @@ from sklearn.datasets import make_moons
 from tests.conftest import tiny_sit
 
 
-def test_vector_sit_generates_points_on_the_moons():
+def test_vector_sit_generates_points_on_the_moons(one_torch_thread):
+    """640 eager steps on PyTorch: one intra-op thread (see `one_torch_thread`)."""
     data, _ = make_moons(4096, noise=0.05, random_state=0)
     data = data.astype("float32")
     # patch_size=2: one token holding the whole point.

@@ -5,6 +5,8 @@ import ast
 import json
 import pathlib
 
+import keras
+
 from tests.conftest import run_without
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "keras_sit"
@@ -82,14 +84,26 @@ def test_subpackages_resolve_after_import_keras_sit(tmp_path):
     assert names == ["SampleGrid", "FrechetDistance", "evaluate", "FIDInception", "import_fid_inception", "ImageFolder"]
 
 
+# (backend in keras.json, frameworks missing, KERAS_BACKEND set) -> the backend keras_sit runs on. Keras would
+# load a configured TensorFlow that is missing: the first installed of JAX and PyTorch is taken instead. An
+# installed configured backend, and any backend the user sets, are left alone.
+BACKEND_CHOICES = [
+    (("tensorflow", ["tensorflow"], None), "jax"),
+    (("tensorflow", ["tensorflow", "jax"], None), "torch"),
+    (("tensorflow", [], None), "tensorflow"),
+    (("torch", ["tensorflow"], None), "torch"),
+    (("torch", ["tensorflow"], "jax"), "jax"),
+]
+
+
 def test_an_installed_backend_is_chosen_when_the_configured_one_is_missing(tmp_path):
-    (tmp_path / "keras.json").write_text(json.dumps({"backend": "tensorflow"}))
+    """Each choice is checked on the run of the backend it lands on: each is a fresh interpreter, the same on
+    every run, and the three runs together cover the table."""
     report = "import sys, keras_sit, keras\nprint(keras.backend.backend(), sys.modules.get('tensorflow') is not None)"
-    # Keras would load TensorFlow, which is missing: the first installed of JAX and PyTorch instead.
-    assert run_python(report, tmp_path, missing=["tensorflow"]) == ["jax", "False"]
-    assert run_python(report, tmp_path, missing=["tensorflow", "jax"]) == ["torch", "False"]
-    # An installed configured backend, and any backend the user sets, are left alone.
-    assert run_python(report, tmp_path)[0] == "tensorflow"
-    (tmp_path / "keras.json").write_text(json.dumps({"backend": "torch"}))
-    assert run_python(report, tmp_path, missing=["tensorflow"]) == ["torch", "False"]
-    assert run_python(report, tmp_path, missing=["tensorflow"], backend="jax") == ["jax", "False"]
+    choices = [case for case, chosen in BACKEND_CHOICES if chosen == keras.backend.backend()]
+    assert choices
+    for configured, missing, backend in choices:
+        (tmp_path / "keras.json").write_text(json.dumps({"backend": configured}))
+        loaded_tensorflow = str(keras.backend.backend() == "tensorflow")
+        printed = run_python(report, tmp_path, missing=missing, backend=backend)
+        assert printed == [keras.backend.backend(), loaded_tensorflow], (configured, missing, backend, printed)
