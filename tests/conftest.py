@@ -181,3 +181,16 @@ def one_torch_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def refusal_table(rows):
+    """The test of a bad-input table: each row `(id, call, exception, message regex)` is one case, run in the
+    case's `tmp_path`, where the call must raise `exception` with a message matching the regex."""
+
+    @pytest.mark.parametrize("call, error, match", [row[1:] for row in rows], ids=[row[0] for row in rows])
+    def test_bad_input(call, error, match, tmp_path, monkeypatch):
+        monkeypatch.chdir(tmp_path)  # the rows' files go to `tmp_path`
+        with pytest.raises(error, match=match):
+            call()
+
+    return test_bad_input

@@ -36,7 +36,7 @@ from keras_sit.latents import (
     read_cache_description,
     write_latent_cache,
 )
-from tests.conftest import tiny_autoencoder
+from tests.conftest import refusal_table, tiny_autoencoder
 
 NAN = float("nan")
 IMAGES = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3)).astype("uint8")
@@ -527,11 +527,7 @@ ROWS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("call, error, match", [row[1:] for row in ROWS], ids=[row[0] for row in ROWS])
-def test_bad_input(call, error, match, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the rows' files go to `tmp_path`
-    with pytest.raises(error, match=match):
-        call()
+test_bad_input = refusal_table(ROWS)
 
 
 def test_the_table_is_large_and_distinct():

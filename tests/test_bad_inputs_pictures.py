@@ -51,7 +51,7 @@ from keras_sit.evaluation import (
 )
 from keras_sit.evaluation.inception import check_inception_images
 from keras_sit.images import ArrayImages, ImageFolder, UnreadableImageError, center_crop, read_image
-from tests.conftest import tiny_autoencoder
+from tests.conftest import refusal_table, tiny_autoencoder
 
 NAN, INF = float("nan"), float("inf")
 TINY = dict(input_shape=(4, 4, 1), patch_size=2, hidden_size=8, depth=1, num_heads=2, num_classes=3, seed=0)
@@ -518,11 +518,7 @@ ROWS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("call, error, match", [row[1:] for row in ROWS], ids=[row[0] for row in ROWS])
-def test_bad_input(call, error, match, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the rows' files go to `tmp_path`
-    with pytest.raises(error, match=match):
-        call()
+test_bad_input = refusal_table(ROWS)
 
 
 # --- inputs at the edge, handled correctly -----------------------------------------------------
