@@ -205,10 +205,14 @@ def write_latent_cache(
             f"`directory` {directory!r} holds latent cache shards ({', '.join(_shard_folders(directory)[:3])}, ...) "
             f"but no {CACHE_FILE}, so what they were written from is unknown: delete them, or use a new directory."
         )
+    # In a job of several processes, every one looks at the folder before any writes to it, and the plan is
+    # there before any shard: otherwise a process could find another's first shard and no plan, and refuse.
+    processes.barrier()
     created = not os.path.exists(directory)
     os.makedirs(directory, exist_ok=True)
     if existing is None and processes.process_index() == 0:
         _write_json(directory, plan)
+    processes.barrier()
     num_shards = -(-num_examples // shard_size)
     # In a job of several processes each writes every `count`-th shard; the chief shows the progress.
     index, count = processes.process_index(), processes.process_count()

@@ -12,8 +12,8 @@ Scenarios:
 - `bad_batch`: a streamed batch with a NaN in process 1's slice only; each
   process writes whether its `fit` stopped and at which step.
 - `cache`: `write_latent_cache` and `generate_for_evaluation` into
-  `OUT_DIR/cache` and `OUT_DIR/samples`; each process writes the
-  `LatentDataset` batches it yields to `dataset<i>.npz`.
+  `OUT_DIR/cache` and `OUT_DIR/samples`, the chief starting 2 s late; each
+  process writes the `LatentDataset` batches it yields to `dataset<i>.npz`.
 - `backup EPOCHS [KILL_AT]`: `fit` with `BackupAndRestore` in
   `OUT_DIR/backup`; process 1 kills itself at the end of epoch `KILL_AT`.
 - `all`: `train`, `bad_batch`, `cache` and `backup 4`, each in its folder.
@@ -24,6 +24,7 @@ import os
 import pathlib
 import signal
 import sys
+import time
 
 import keras
 import numpy as np
@@ -121,6 +122,8 @@ def cache(out):
         autoencoder = tiny_autoencoder(seed=0)
         model = keras_sit.SiT(input_shape=(8, 8, 3), patch_size=4, hidden_size=16, depth=1, num_heads=2,
                               num_classes=3, seed=0)  # fmt: skip
+    if distribution.process_index() == 0:
+        time.sleep(2)  # the chief comes late: no process may write to the folder before every one has looked at it
     keras_sit.write_latent_cache(source, autoencoder, out / "cache", shard_size=2, batch_size=2, verbose=0)
     keras_sit.evaluation.generate_for_evaluation(model, out / "samples", num_samples=10, batch_size=3, verbose=0,
                                                  num_steps=2)  # fmt: skip
