@@ -194,3 +194,17 @@ def refusal_table(rows):
             call()
 
     return test_bad_input
+
+
+def file(name, content=b"these bytes are no checkpoint, picture or archive"):
+    """A file at the relative path `name` (its folders made), holding `content`; for the bad-input tables."""
+    os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
+    with open(name, "wb") as f:
+        f.write(content)
+    return name
+
+
+def folder(name):
+    """A folder at the relative path `name`; for the bad-input tables."""
+    os.makedirs(name, exist_ok=True)
+    return name

@@ -36,7 +36,7 @@ from keras_sit.evaluation import (
     write_samples,
 )
 from keras_sit.sampling import DIFFUSIONS
-from tests.conftest import refusal_table, tiny_autoencoder
+from tests.conftest import file, folder, refusal_table, tiny_autoencoder
 
 NAN, INF = float("nan"), float("inf")
 TINY = dict(input_shape=(4, 4, 1), patch_size=2, hidden_size=8, depth=1, num_heads=2, num_classes=3, seed=0)
@@ -94,17 +94,6 @@ def latent_sit():
 
 
 # --- files, written into the test's working directory (its `tmp_path`) -----------------------
-
-
-def file(name, content=b"these bytes are no checkpoint"):
-    with open(name, "wb") as f:
-        f.write(content)
-    return name
-
-
-def folder(name):
-    os.makedirs(name, exist_ok=True)
-    return name
 
 
 def dataset(*arrays):

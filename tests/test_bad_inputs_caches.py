@@ -36,7 +36,7 @@ from keras_sit.latents import (
     read_cache_description,
     write_latent_cache,
 )
-from tests.conftest import refusal_table, tiny_autoencoder
+from tests.conftest import file, folder, refusal_table, tiny_autoencoder
 
 NAN = float("nan")
 IMAGES = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3)).astype("uint8")
@@ -155,18 +155,6 @@ def write(src=None, directory="c", model=None, **options):
 
 
 # --- files, written into the test's working directory (its `tmp_path`) -----------------------
-
-
-def file(name, content=b"these bytes are no checkpoint"):
-    os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
-    with open(name, "wb") as f:
-        f.write(content)
-    return name
-
-
-def folder(name):
-    os.makedirs(name, exist_ok=True)
-    return name
 
 
 def torch_file(name, obj):

@@ -51,7 +51,7 @@ from keras_sit.evaluation import (
 )
 from keras_sit.evaluation.inception import check_inception_images
 from keras_sit.images import ArrayImages, ImageFolder, UnreadableImageError, center_crop, read_image
-from tests.conftest import refusal_table, tiny_autoencoder
+from tests.conftest import file, folder, refusal_table, tiny_autoencoder
 
 NAN, INF = float("nan"), float("inf")
 TINY = dict(input_shape=(4, 4, 1), patch_size=2, hidden_size=8, depth=1, num_heads=2, num_classes=3, seed=0)
@@ -104,17 +104,6 @@ INCEPTION = types.SimpleNamespace(_check_weights=lambda: None, _layers_to_6d=lam
 
 
 # --- files, written into the test's working directory (its `tmp_path`) -----------------------
-
-
-def file(name, content=b"these bytes are no picture and no archive"):
-    with open(name, "wb") as f:
-        f.write(content)
-    return name
-
-
-def folder(name):
-    os.makedirs(name, exist_ok=True)
-    return name
 
 
 def npz(name, *args, **arrays):
