@@ -48,11 +48,9 @@ stops the cache with an error naming the images, before that shard, and
 `cache.json` is not marked complete.
 """
 
-import hashlib
 import itertools
 import json
 import os
-import re
 import shutil
 
 import keras
@@ -60,9 +58,19 @@ import numpy as np
 
 from keras_sit.autoencoders.base import Autoencoder
 from keras_sit.backend import processes
-from keras_sit.files import PARTIAL_SUFFIX, REMOTE_PATH, read_json_object, write_atomically, write_synced
-from keras_sit.fingerprint import arrays_fingerprint
-from keras_sit.images import ArrayImages, ImageFolder, UnreadableImageError
+from keras_sit.files import PARTIAL_SUFFIX, REMOTE_PATH, write_synced
+from keras_sit.latent_cache_files import (
+    CACHE_FILE,
+    SKIPPED_FILE,
+    read_cache_json,
+    read_skipped,
+    shard_folders,
+    shard_length,
+    shard_path,
+    shard_statistics,
+    stored_shape,
+    write_cache_json,
+)
 from keras_sit.latent_features import (
     resolve_teachers,
     save_batches,
@@ -70,17 +78,23 @@ from keras_sit.latent_features import (
     teacher_features,
     teacher_identity,
 )
+from keras_sit.latent_source import (
+    check_source_item,
+    first_readable,
+    readable_items,
+    source_class_names,
+    source_fingerprint,
+    source_image_size,
+    source_length,
+)
 from keras_sit.validation import check_choice, check_positive_int
 from keras_sit.visualization import to_float
 
-CACHE_FILE = "cache.json"
-SKIPPED_FILE = "skipped.json"
 FORMAT_VERSION = 1
 ON_ERROR = ("raise", "skip")
 FLOAT_DTYPES = ("float32", "float16")
 # Plan entries present only in a cache with teacher features.
 FEATURE_PLAN_KEYS = ("teachers", "feature_dtype")
-SHARD_NAME = re.compile(r"shard-\d{5}$")
 
 
 def write_latent_cache(
@@ -174,14 +188,14 @@ def write_latent_cache(
     for name, teacher in teachers.items():
         if isinstance(teacher, keras.layers.Layer):
             processes.check_process_local(teacher, f"teachers[{name!r}]")
-    num_examples = _source_length(source)
+    num_examples = source_length(source)
     if num_examples == 0:
         raise ValueError("`source` holds no images.")
-    class_names = _class_names(source)
+    class_names = source_class_names(source)
     # The first readable item, checked before anything is written; it gives the image size where the source has none.
-    first = _first_readable(source)
-    image_size = _image_size(source, first)
-    _check_item(first[1], first[0], image_size, len(class_names))
+    first = first_readable(source)
+    image_size = source_image_size(source, first)
+    check_source_item(first[1], first[0], image_size, len(class_names))
     plan = {
         "format": FORMAT_VERSION,
         "num_examples": num_examples,
@@ -197,12 +211,12 @@ def write_latent_cache(
         plan["teachers"] = {name: teacher_identity(teacher) for name, teacher in teachers.items()}
         plan["feature_dtype"] = feature_dtype
     plan = json.loads(json.dumps(plan))
-    existing = _read_json(directory) if os.path.isdir(directory) else None
+    existing = read_cache_json(directory) if os.path.isdir(directory) else None
     if existing is not None:
         _check_resumable(directory, existing, plan)
-    elif _shard_folders(directory):
+    elif shard_folders(directory):
         raise ValueError(
-            f"`directory` {directory!r} holds latent cache shards ({', '.join(_shard_folders(directory)[:3])}, ...) "
+            f"`directory` {directory!r} holds latent cache shards ({', '.join(shard_folders(directory)[:3])}, ...) "
             f"but no {CACHE_FILE}, so what they were written from is unknown: delete them, or use a new directory."
         )
     # In a job of several processes, every one looks at the folder before any writes to it, and the plan is
@@ -211,7 +225,7 @@ def write_latent_cache(
     created = not os.path.exists(directory)
     os.makedirs(directory, exist_ok=True)
     if existing is None and processes.process_index() == 0:
-        _write_json(directory, plan)
+        write_cache_json(directory, plan)
     processes.barrier()
     num_shards = -(-num_examples // shard_size)
     # In a job of several processes each writes every `count`-th shard; the chief shows the progress.
@@ -238,24 +252,24 @@ def write_latent_cache(
             progress.update(step)
     except Exception:
         # A lone writer that made the folder and refused (or failed) before its first shard leaves no trace.
-        if created and count == 1 and not _shard_folders(directory):
+        if created and count == 1 and not shard_folders(directory):
             shutil.rmtree(directory, ignore_errors=True)
         raise
     processes.barrier()  # every shard is written
-    skipped = [record for shard in range(num_shards) for record in _read_skipped(directory, shard)]
-    num_cached = sum(_shard_length(directory, shard) for shard in range(num_shards))
+    skipped = [record for shard in range(num_shards) for record in read_skipped(directory, shard)]
+    num_cached = sum(shard_length(directory, shard) for shard in range(num_shards))
     if num_cached == 0:
         raise ValueError(f"No image of `source` could be read ({len(skipped)} skipped): the cache would be empty.")
-    description = {**plan, "num_shards": num_shards, "statistics": _statistics(directory, num_shards)}
-    description["latent_shape"] = _stored_shape(directory, "mean")
+    description = {**plan, "num_shards": num_shards, "statistics": shard_statistics(directory, num_shards)}
+    description["latent_shape"] = stored_shape(directory, "mean")
     if teachers:
         description["features"] = {
-            name: {"shape": _stored_shape(directory, name), "dtype": feature_dtype} for name in teachers
+            name: {"shape": stored_shape(directory, name), "dtype": feature_dtype} for name in teachers
         }
     description.update(num_cached=num_cached, num_skipped=len(skipped), skipped=[r["path"] for r in skipped])
     description["complete"] = True
     if index == 0:
-        _write_json(directory, description)
+        write_cache_json(directory, description)
     processes.barrier()  # no process returns before the description is there
     if skipped and verbose and index == 0:
         print(f'Skipped {len(skipped)} unreadable image(s) of {num_examples}; {CACHE_FILE} lists them under "skipped".')
@@ -335,165 +349,12 @@ def _check_directory(directory):
     return directory
 
 
-def _shard_folders(directory):
-    """The names of the shard folders in `directory` (none if it does not exist)."""
-    if not os.path.isdir(directory):
-        return []
-    return sorted(entry.name for entry in os.scandir(directory) if SHARD_NAME.match(entry.name) and entry.is_dir())
-
-
-def _source_length(source):
-    """`len(source)`, for a source that is a sequence of `(image, label)` pairs."""
-    if isinstance(source, np.ndarray):
-        raise TypeError(
-            "`source` is a NumPy array; wrap uint8 images [N, S, S, 3] as `keras_sit.latents.ArrayImages(images, "
-            "labels)`."
-        )
-    if isinstance(source, (str, bytes, os.PathLike, dict)) or not (
-        hasattr(source, "__len__") and hasattr(source, "__getitem__")
-    ):
-        raise TypeError(
-            "`source` must be an ImageFolder, an ArrayImages, or a sequence of (uint8 [S, S, 3] image, label) pairs; "
-            f"got {type(source).__name__}"
-            + (" (wrap a folder of images as `ImageFolder(root, image_size)`)." if isinstance(source, str) else ".")
-        )
-    return len(source)
-
-
-def _class_names(source):
-    """The source's `class_names` as a list of str (empty where it has none)."""
-    names = getattr(source, "class_names", None)
-    if names is None:
-        return []
-    if isinstance(names, (str, bytes)) or not all(isinstance(name, str) for name in names):
-        raise TypeError(f"`source.class_names` must be a list of str, or None; got {names!r}.")
-    return list(names)
-
-
-def _first_readable(source):
-    """`(index, item)` of the first item of `source` that reads; a source of unreadable images only raises."""
-    for index in range(len(source)):
-        try:
-            return index, source[index]
-        except UnreadableImageError:
-            continue  # `on_error` decides when its shard is written
-    raise ValueError(f"No image of `source` could be read ({len(source)} tried): the cache would be empty.")
-
-
-def _image_size(source, first):
-    """The side of the source's images: its `image_size`, else that of its first readable image."""
-    size = getattr(source, "image_size", None)
-    if size is not None:
-        check_positive_int("source.image_size", size)
-        return int(size)
-    index, item = first
-    if not (isinstance(item, (tuple, list)) and len(item) == 2):
-        _check_item(item, index, 1, 0)  # raises, naming what the item is
-    shape = np.shape(item[0])
-    if len(shape) != 3 or shape[0] != shape[1] or shape[0] == 0:
-        raise ValueError(f"`source[{index}]` must give a square RGB image [S, S, 3]; got shape {shape}.")
-    return int(shape[0])
-
-
-def _check_item(item, index, image_size, num_classes):
-    """`source[index]` as `(uint8 [S, S, 3] image, int label)`; anything else raises, naming the item.
-
-    A label is -1 (none) or a class index, below `num_classes` where the
-    source names its classes (`num_classes` > 0).
-    """
-    if not (isinstance(item, (tuple, list)) and len(item) == 2):
-        got = f"{type(item).__name__} of shape {np.shape(item)}" if isinstance(item, np.ndarray) else repr(item)[:80]
-        raise TypeError(f"`source[{index}]` must be an (image, label) pair; got {got}.")
-    image, label = item
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise TypeError(f"`source[{index}]` must give a uint8 image (0..255); got dtype {image.dtype}.")
-    if image.shape != (image_size, image_size, 3):
-        raise ValueError(
-            f"`source[{index}]` must give an RGB image of shape ({image_size}, {image_size}, 3), the source's image "
-            f"size; got shape {image.shape}."
-        )
-    label_array = np.asarray(label)
-    if label_array.ndim != 0 or label_array.dtype.kind not in "iu":
-        raise TypeError(f"`source[{index}]` must give an int label (-1 for none); got {label!r}.")
-    label = int(label_array)
-    if label < -1 or (num_classes and label >= num_classes):
-        classes = f"0..{num_classes - 1} (its {num_classes} class names)" if num_classes else "0, 1, ..."
-        raise ValueError(f"`source[{index}]` must give a label of -1 (none) or a class in {classes}; got {label}.")
-    return image, label
-
-
-def source_fingerprint(source, first=None):
-    """A SHA-256 (hex) that identifies `source`'s images and labels, as `cache.json` records it (`"source_sha256"`).
-
-    - `ImageFolder`: the relative paths of its files in order, their sizes
-      in bytes and their labels, and the image size; no pixel is read, so
-      it is cheap for millions of files. An image rewritten with the same
-      size in bytes is not told apart.
-    - `ArrayImages`: the bytes, dtype and shape of its images and of its
-      labels.
-    - any other source: its `fingerprint()`, where it has one (a str that
-      changes when its images or labels do); else its class name, length,
-      image size, class names, and the pixels and labels of its first
-      readable and of its last item. Give a source whose other items may
-      change a `fingerprint()`.
-    """
-    digest = hashlib.sha256()
-    if isinstance(source, ImageFolder):
-        digest.update(f"ImageFolder;{source.image_size};".encode())
-        for path, label in source.files:
-            try:
-                size = os.path.getsize(path)
-            except OSError:
-                size = -1  # gone: read (and raised or skipped) as unreadable
-            relative = os.path.relpath(path, source.root).replace(os.sep, "/")
-            digest.update(f"{relative}\0{size}\0{label}\n".encode())
-    elif isinstance(source, ArrayImages):
-        digest.update(f"ArrayImages;{arrays_fingerprint(source.images, source.labels)}".encode())
-    elif callable(getattr(source, "fingerprint", None)):
-        value = source.fingerprint()
-        if not isinstance(value, str):
-            raise TypeError(f"`source.fingerprint()` must return a str; got {type(value).__name__}.")
-        digest.update(f"{type(source).__qualname__};fingerprint;{value}".encode())
-    else:
-        first = _first_readable(source) if first is None else first
-        names = getattr(source, "class_names", None)
-        digest.update(f"{type(source).__qualname__};{len(source)};{getattr(source, 'image_size', None)};".encode())
-        digest.update(f"{list(names or [])};".encode())
-        for index in dict.fromkeys((first[0], len(source) - 1)):
-            try:
-                item = source[index] if index != first[0] else first[1]
-            except UnreadableImageError as error:
-                digest.update(f"{index};unreadable;{error.path};".encode())
-                continue
-            pair = isinstance(item, (tuple, list)) and len(item) == 2  # anything else is refused when it is read
-            image, label = item if pair else (item, None)
-            digest.update(f"{index};{label!r};{arrays_fingerprint(np.asarray(image))};".encode())
-    return digest.hexdigest()
-
-
-def _readable(source, indices, on_error, skipped, verbose):
-    """The `(index, item)` of `indices`; unreadable ones raise, or are appended to `skipped`."""
-    for index in indices:
-        try:
-            item = source[index]
-        except UnreadableImageError as error:
-            if on_error == "raise":
-                raise
-            skipped.append({"index": index, "path": error.path, "reason": error.reason})
-            if verbose:
-                below_progress_bar = "\n" if verbose == 1 else ""
-                print(f"{below_progress_bar}Skipped the unreadable image {error.path!r}: {error.reason}")
-            continue
-        yield index, item
-
-
 def _write_shard(
     source, autoencoder, teachers, directory, shard, indices, batch_size, dtypes, image, on_error, verbose
 ):
     """Encode `source[indices]` and write them as shard `shard`, atomically; checked before anything is written.
 
-    Every item is checked (`_check_item`), and the stored latents and
+    Every item is checked (`check_source_item`), and the stored latents and
     features must be finite in their stored dtype: otherwise nothing of the
     shard is written and a `ValueError` names the images.
     """
@@ -501,8 +362,8 @@ def _write_shard(
     image_size, num_classes = image
     stored, labels, kept, skipped = {}, [], [], []  # file name -> batches of `[n, 2, h, w, c]`
     features = {name: [] for name in teachers}  # teacher name -> batches of `[n, 2, N, C]`
-    items = _readable(source, indices, on_error, skipped, verbose)
-    checked = ((index, *_check_item(item, index, image_size, num_classes)) for index, item in items)
+    items = readable_items(source, indices, on_error, skipped, verbose)
+    checked = ((index, *check_source_item(item, index, image_size, num_classes)) for index, item in items)
     while batch := list(itertools.islice(checked, batch_size)):
         pixels = np.stack([image for _, image, _ in batch])
         images = to_float(pixels)
@@ -586,124 +447,3 @@ def _check_finite(arrays, indices, model, what, dtype, argument, where):
         f"index {listed}, in {where}: the shard is not written and the cache is left unfinished. "
         "Check the model's weights and dtype, and these images."
     )
-
-
-def _read_skipped(directory, shard):
-    """The images skipped in a shard, `[{"index", "path", "reason"}]`; a damaged record raises, naming it."""
-    folder = shard_path(directory, shard)
-    path = os.path.join(folder, SKIPPED_FILE)
-    if not os.path.exists(path):
-        return []
-    try:
-        with open(path, encoding="utf-8") as file:
-            records = json.load(file)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path!r} is not valid JSON ({error}): {_damaged(folder)}") from error
-    if not isinstance(records, list) or not all(isinstance(r, dict) and "path" in r for r in records):
-        raise ValueError(f"{path!r} is not a list of skipped images: {_damaged(folder)}")
-    return records
-
-
-def _damaged(folder, how="damaged"):
-    return f"the shard is {how}; delete {folder!r} and run `write_latent_cache` again to rewrite it."
-
-
-def load_shard_array(directory, shard, name, mmap_mode=None):
-    """The array `name` (`mean`, `labels`, a teacher's name, ...) of shard `shard`, memory-mapped with `mmap_mode="r"`.
-
-    A missing file raises a `FileNotFoundError`, a damaged one (no NumPy
-    array file, truncated, objects) a `ValueError`, each naming the file.
-    """
-    folder = shard_path(directory, shard)
-    path = os.path.join(folder, f"{name}.npy")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"The latent cache in {directory!r} lacks {path!r}: {_damaged(folder, 'incomplete')}")
-    try:
-        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:  # NumPy's "pickled data", a short file, a bad header
-        raise ValueError(
-            f"{path!r} cannot be read as a NumPy array of numbers (it is truncated or damaged): {_damaged(folder)}"
-        ) from error
-
-
-def _shard_length(directory, shard):
-    return len(load_shard_array(directory, shard, "labels", "r"))
-
-
-def _stored_shape(directory, name):
-    """The shape of one example's one flip of the array `name` (`[h, w, c]` latents, `[N, C]` tokens)."""
-    return list(load_shard_array(directory, 0, name, "r").shape[2:])
-
-
-def _statistics(directory, num_shards):
-    """Per-channel mean and standard deviation of the cached latents (samples, both flips)."""
-    sums = sum(load_shard_array(directory, s, "sums") for s in range(num_shards))
-    count, total, squares, variances = sums
-    mean = total / count
-    # A sample's variance is the variance of the means plus the mean posterior variance.
-    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0) + variances / count)
-    return {"channel_mean": mean.tolist(), "channel_std": std.tolist()}
-
-
-def shard_path(directory, shard):
-    """The folder of shard number `shard`."""
-    return os.path.join(directory, f"shard-{shard:05d}")
-
-
-def _read_json(directory):
-    """`cache.json` of `directory` as a dict, or None where there is none; a damaged one raises, naming it."""
-    return read_json_object(
-        os.path.join(directory, CACHE_FILE),
-        "the latent cache's description",
-        " Delete the cache's folder and write it again.",
-    )
-
-
-def _write_json(directory, content):
-    write_atomically(
-        os.path.join(directory, CACHE_FILE), lambda file: file.write(json.dumps(content, indent=1).encode())
-    )
-
-
-# What a complete `cache.json` must hold for `LatentDataset`, and the JSON type of each.
-_COMPLETE_KEYS = {
-    "num_shards": int,
-    "shard_size": int,
-    "latent_shape": list,
-    "statistics": dict,
-}
-
-
-def read_cache_description(directory):
-    """The `cache.json` of a finished cache; raises if the cache is missing, damaged or unfinished.
-
-    `directory` must be a folder: a missing one raises a `FileNotFoundError`,
-    a file, a folder without `cache.json`, a `cache.json` that is no JSON
-    object or lacks what a complete cache records, and an unfinished cache a
-    `ValueError`, each naming the folder or the file.
-    """
-    if not isinstance(directory, (str, os.PathLike)) or not isinstance(os.fspath(directory), str):
-        raise TypeError(f"`directory` must be a folder path (a str or os.PathLike); got {type(directory).__name__}.")
-    directory = os.fspath(directory)
-    if not os.path.exists(directory):
-        raise FileNotFoundError(f"`directory` {directory!r} does not exist: it holds no latent cache.")
-    if not os.path.isdir(directory):
-        raise ValueError(f"`directory` {directory!r} is a file; a latent cache is a folder with {CACHE_FILE}.")
-    description = _read_json(directory)
-    if description is None:
-        raise ValueError(f"`directory` {directory!r} holds no latent cache ({CACHE_FILE} is missing).")
-    if not description.get("complete"):
-        raise ValueError(
-            f"The latent cache in {directory!r} is unfinished: run `write_latent_cache` again to complete it."
-        )
-    path = os.path.join(directory, CACHE_FILE)
-    for key, kind in _COMPLETE_KEYS.items():
-        value = description.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value <= 0):
-            raise ValueError(
-                f"{path!r} is damaged: a complete latent cache records {key!r} ({kind.__name__}); got {value!r}."
-            )
-    statistics = description["statistics"]
-    if not all(isinstance(statistics.get(key), list) for key in ("channel_mean", "channel_std")):
-        raise ValueError(f"{path!r} is damaged: its 'statistics' lack 'channel_mean' and 'channel_std' lists.")
-    return description

@@ -21,7 +21,7 @@ import numpy as np
 from keras_sit.backend import processes
 from keras_sit.distribution import feeds
 from keras_sit.distribution.feeds import EpochOrder, process_rows
-from keras_sit.latent_cache import CACHE_FILE, load_shard_array, read_cache_description, shard_path
+from keras_sit.latent_cache_files import CACHE_FILE, load_shard_array, read_cache_description, shard_path
 from keras_sit.validation import check_bool, check_positive_int, check_seed
 
 

@@ -32,7 +32,8 @@ from keras_sit.images import (
     read_image,
     to_rgb,
 )
-from keras_sit.latent_cache import CACHE_FILE, read_cache_description, write_latent_cache
+from keras_sit.latent_cache import write_latent_cache
+from keras_sit.latent_cache_files import CACHE_FILE, read_cache_description
 from keras_sit.latent_dataset import LatentDataset
 
 __all__ = [

@@ -14,8 +14,8 @@ from keras_sit.evaluation.metrics import (
     frechet_distance,
     inception_score,
     kernel_inception_distance,
-    precision_recall,
 )
+from keras_sit.evaluation.precision_recall import precision_recall
 
 
 def gaussian_features(rng, n, dim, shift=0.0, scale=1.0):

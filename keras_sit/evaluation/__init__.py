@@ -11,8 +11,8 @@ from keras_sit.evaluation.metrics import (
     frechet_distance,
     inception_score,
     kernel_inception_distance,
-    precision_recall,
 )
+from keras_sit.evaluation.precision_recall import precision_recall
 from keras_sit.evaluation.reference_batches import (
     ReferenceBatch,
     read_reference_batch,

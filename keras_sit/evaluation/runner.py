@@ -301,7 +301,8 @@ def evaluate(samples, reference, feature_extractor=None, batch_size=100):
             statistics have different dimensions; checked before the
             extractor runs.
     """
-    from keras_sit.evaluation.metrics import inception_score, precision_recall
+    from keras_sit.evaluation.metrics import inception_score
+    from keras_sit.evaluation.precision_recall import precision_recall
     from keras_sit.evaluation.reference_batches import ReferenceBatch
 
     check_positive_int("batch_size", batch_size)
